@@ -1,0 +1,5 @@
+import sys
+
+from pactmerge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,127 @@
+"""Atomic file writes, hashing, and safe state-dict loading.
+
+Writes go to a temporary file in the destination directory and are moved into place with
+``os.replace``: a reader never sees a half-written file, and an interrupted write leaves
+nothing behind at the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from pactmerge.errors import CheckpointError
+
+PathLike = str | os.PathLike
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def save_safetensors_atomic(
+    path: PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Save ``tensors`` (contiguous, CPU copies are made) to ``path`` atomically."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=dict(metadata) if metadata else None)
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_safetensors(path: PathLike) -> bool:
+    return Path(path).suffix == ".safetensors"
+
+
+def load_state_dict(path: PathLike, *, trust_pickle: bool = False, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Load a state dict from a safetensors file, or a torch file with ``weights_only`` loading.
+
+    A torch file whose loading needs arbitrary pickled objects is refused unless
+    ``trust_pickle`` is true. Errors name the file and say what is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=device)
+        except Exception as exc:  # safetensors raises several types for bad headers
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({exc}); the file may be truncated or of another format"
+            ) from exc
+    try:
+        obj = torch.load(path, map_location=device, weights_only=not trust_pickle)
+    except Exception as exc:
+        hint = "" if trust_pickle else " If you trust its origin, pass --trust-pickle to load it as a pickle."
+        raise CheckpointError(f"{path}: cannot load as a safetensors or torch weights file ({exc}).{hint}") from exc
+    return _unwrap_state_dict(obj, path)
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        out[str(k)] = v
+    return out
