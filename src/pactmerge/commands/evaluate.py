@@ -1,11 +1,15 @@
-"""Placeholder until this command is built."""
+"""``pactmerge evaluate CONFIG``: test accuracy of the zero-shot, individual, joint and sequential models."""
 
-HELP = "(not built yet)"
+from pactmerge.commands._study import add_config_arguments, open_study
+
+HELP = "evaluate the zero-shot, individual, joint and sequential encoders of a study on the test splits"
 
 
 def add_arguments(parser):
-    pass
+    add_config_arguments(parser)
 
 
 def run(args):
-    raise NotImplementedError("evaluate")
+    study = open_study(args)
+    study.evaluate()
+    return 0

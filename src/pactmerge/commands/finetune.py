@@ -1,11 +1,26 @@
-"""Placeholder until this command is built."""
+"""``pactmerge finetune CONFIG --task X | --joint | --sequential``: one fine-tuning stage."""
 
-HELP = "(not built yet)"
+from pactmerge.commands._study import add_config_arguments, open_study
+
+HELP = "run one fine-tuning stage of a study (one job of a job array)"
 
 
 def add_arguments(parser):
-    pass
+    add_config_arguments(parser)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", action="append", help="fine-tune on this task alone (repeatable)")
+    which.add_argument("--all", action="store_true", help="every task of the config, one after another")
+    which.add_argument("--joint", action="store_true", help="joint multi-task fine-tuning")
+    which.add_argument("--sequential", action="store_true", help="sequential fine-tuning in the configured order")
 
 
 def run(args):
-    raise NotImplementedError("finetune")
+    study = open_study(args)
+    if args.joint:
+        study.finetune_joint()
+    elif args.sequential:
+        study.finetune_sequential()
+    else:
+        for task in (study.tasks if args.all else args.task):
+            study.finetune_task(task)
+    return 0

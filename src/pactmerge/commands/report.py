@@ -1,11 +1,19 @@
-"""Placeholder until this command is built."""
+"""``pactmerge report RUN_DIR``: regenerate results.json/csv/md and the plots from a run directory."""
 
-HELP = "(not built yet)"
+HELP = "write results.json, results.csv, results.md and plots for a run directory"
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("run_dir", help="a study's output directory")
 
 
 def run(args):
-    raise NotImplementedError("report")
+    from pathlib import Path
+
+    from pactmerge.pipeline.report import write_report
+
+    paths = write_report(args.run_dir)
+    print(Path(paths["md"]).read_text())
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
