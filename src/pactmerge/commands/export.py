@@ -1,11 +1,50 @@
-"""Placeholder until this command is built."""
+"""``pactmerge export``: a stored or plain-file encoder as an open_clip state dict or a HF checkpoint."""
 
-HELP = "(not built yet)"
+from __future__ import annotations
+
+HELP = "export an encoder (e.g. a merge) as an open_clip state dict (safetensors) or a Hugging Face checkpoint directory"
 
 
 def add_arguments(parser):
-    pass
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--store", metavar="RUN_DIR", help="checkpoint store (run directory) to read --name from")
+    src.add_argument("--input", metavar="FILE", help="a plain encoder file (open_clip or HF layout) instead of a store")
+    parser.add_argument("--name", help="store entry to export: merged/<id>, joint, sequential, finetuned/<task>, pretrained")
+    parser.add_argument("--format", required=True, choices=("open_clip", "hf"), help="output format")
+    parser.add_argument("--out", required=True, help="*.safetensors file (open_clip) or directory (hf)")
+    parser.add_argument("--heads", type=int, help="attention heads for the HF config (default: from the store's "
+                        "model config, else width // 64)")
+    parser.add_argument("--hidden-act", choices=("quick_gelu", "gelu"),
+                        help="MLP activation for the HF config (default: from the store's model config, else quick_gelu)")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickled torch files for --input")
 
 
-def run(args):
-    raise NotImplementedError("export")
+def run(args) -> int:
+    from pactmerge.errors import ConfigError
+    from pactmerge.interop.exporter import export_hf, export_open_clip
+    from pactmerge.interop.files import encoder_state, load_encoder_file
+
+    model_config = None
+    if args.store:
+        from pactmerge.checkpoints import CheckpointStore
+
+        if not args.name:
+            raise ConfigError("--store needs --name (e.g. --name merged/pact+tsvm)")
+        store = CheckpointStore(args.store, create=False)
+        state, layout = encoder_state(store.load_state(args.name), source=f"{args.store}:{args.name}")
+        model_config = (store.manifest.get("identity") or {}).get("model_config")
+        meta = {"store": str(args.store), "name": args.name, "entry": {k: v for k, v in store.entry(args.name).items()
+                                                                       if k not in ("file",)}}
+    else:
+        if args.name:
+            raise ConfigError("--name selects a store entry; with --input give the file only")
+        state, layout = load_encoder_file(args.input, trust_pickle=args.trust_pickle)
+        meta = {"input": str(args.input), "input_layout": layout}
+    if args.format == "open_clip":
+        paths = export_open_clip(state, args.out, meta=meta)
+    else:
+        paths = export_hf(state, args.out, model_config=model_config, heads=args.heads,
+                          hidden_act=args.hidden_act, meta=meta)
+    for p in paths:
+        print(p)
+    return 0

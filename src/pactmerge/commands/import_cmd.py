@@ -1,11 +1,119 @@
-"""Placeholder until this command is built."""
+"""``pactmerge import``: public fine-tuned CLIP encoders into a run directory, ready for merge/evaluate/report."""
 
-HELP = "(not built yet)"
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "import fine-tuned encoders (open_clip or Hugging Face CLIP layout; files or Hub ids) into a run directory"
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("--store", required=True, metavar="RUN_DIR", help="run directory to create or extend")
+    parser.add_argument("--model", required=True, help="open_clip model name of the pre-trained model (e.g. ViT-B-32-quickgelu)")
+    parser.add_argument("--model-config", metavar="JSON", help="custom open_clip model config instead of a known name")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag (e.g. openai; needs a network or its cache)")
+    src.add_argument("--weights", metavar="FILE", help="local open_clip state dict of the pre-trained model")
+    parser.add_argument("--task", action="append", default=[], required=True, metavar="TASK=PATH_OR_HUB_ID",
+                        help="fine-tuned encoder of a task: a file, a HF checkpoint directory, or a Hub model id; repeatable")
+    parser.add_argument("--config", metavar="YAML", help="base run config (data, recipe, merge settings); "
+                        "default: the embedded one")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a run-config key, e.g. --set data.data_dir=/data (repeatable)")
+    parser.add_argument("--replace", action="store_true", help="replace fine-tuned entries imported from other files")
+    parser.add_argument("--cache-dir", help="Hugging Face Hub cache directory for Hub ids")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickled torch files")
 
 
-def run(args):
-    raise NotImplementedError("import_cmd")
+def _parse_tasks(specs: list[str]) -> dict[str, str]:
+    from pactmerge.datamodules import get_task
+    from pactmerge.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for spec in specs:
+        task, sep, source = spec.partition("=")
+        if not sep or not task.strip() or not source.strip():
+            raise ConfigError(f"--task {spec!r}: expected TASK=PATH_OR_HUB_ID")
+        key = get_task(task.strip()).key  # unknown tasks: error listing the known ones
+        if key in out:
+            raise ConfigError(f"--task: task {key!r} given twice")
+        out[key] = source.strip()
+    return out
+
+
+def run_config(args, tasks: list[str]):
+    """The run config of the imported run: the base config with this model, these tasks and this directory."""
+    import json
+
+    from pactmerge.pipeline.config import load_config
+
+    overrides = list(args.overrides) + [
+        f"output_dir={json.dumps(str(args.store))}",
+        f"model.name={json.dumps(args.model)}",
+        f"model.pretrained={json.dumps(args.pretrained)}",
+        f"model.weights={json.dumps(str(Path(args.weights).resolve()) if args.weights else None)}",
+        f"model.config={json.dumps(str(Path(args.model_config).resolve()) if args.model_config else None)}",
+        f"model.trust_pickle={json.dumps(bool(args.trust_pickle))}",
+        "tasks.benchmark=null",
+        f"tasks.names={json.dumps(tasks)}",
+    ]
+    return load_config(args.config, overrides)
+
+
+def run(args) -> int:
+    import logging
+
+    import yaml
+
+    from pactmerge.errors import CheckpointError
+    from pactmerge.fileio import sha256_file
+    from pactmerge.interop.files import load_encoder_file, weights_file
+    from pactmerge.interop.importer import conform, resolve_source
+    from pactmerge.pipeline.model import load_model
+    from pactmerge.pipeline.run import Study
+
+    log = logging.getLogger("pactmerge.import")
+    sources = _parse_tasks(args.task)
+    cfg = run_config(args, list(sources))
+    loaded = load_model(cfg.model)
+    pretrained = loaded.encoder_state()
+
+    # Check every checkpoint before the run directory is created or changed, so a wrong
+    # --model or a bad file leaves nothing behind.
+    resolved = {}
+    for task, source in sources.items():
+        path = resolve_source(source, cache_dir=args.cache_dir)
+        state, layout = load_encoder_file(path, trust_pickle=args.trust_pickle)
+        conform(state, layout, pretrained, name=f"task {task!r} checkpoint {source}")
+        resolved[task] = path
+        del state
+
+    study = Study(cfg, config_text=yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    study.loaded = loaded  # the model is loaded already; Study caches it per instance
+    study.prepare()  # pre-trained encoder (binds the store) and the tasks' frozen heads
+    if not loaded.text_pretrained:
+        log.warning("the pre-trained model has no trained text tower: its heads are not CLIP zero-shot heads, "
+                    "so accuracies of imported CLIP checkpoints will not be meaningful; pass --pretrained or a "
+                    "full open_clip --weights file")
+    store = study.store
+    for task, path in resolved.items():
+        name = f"finetuned/{task}"
+        state, layout = load_encoder_file(path, trust_pickle=args.trust_pickle)
+        state, filled = conform(state, layout, pretrained, name=f"task {task!r} checkpoint {sources[task]}")
+        digest = sha256_file(weights_file(path))
+        if store.has(name):
+            old = store.entry(name).get("imported", {})
+            if old.get("source_sha256") == digest:
+                print(f"{name}: already imported from this file; kept")
+                continue
+            if not args.replace:
+                raise CheckpointError(f"{args.store}: {name} exists (from {old.get('source', 'fine-tuning')}); "
+                                      "pass --replace to overwrite it with the new checkpoint")
+        meta = {"kind": "finetuned", "task": task,
+                "imported": {"source": sources[task], "resolved": str(path), "layout": layout,
+                             "source_sha256": digest, "filled_from_pretrained": filled}}
+        store.save_state(name, state, meta)
+        print(f"{name}: imported from {sources[task]} ({layout} layout"
+              + (f"; {', '.join(filled)} from the pre-trained encoder" if filled else "") + ")")
+    print(f"run directory {args.store} is ready: pactmerge merge {Path(args.store) / 'config.yaml'}")
+    return 0

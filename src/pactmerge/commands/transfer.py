@@ -1,11 +1,122 @@
-"""Placeholder until this command is built."""
+"""``pactmerge transfer``: add task vectors to another encoder of the same architecture."""
 
-HELP = "(not built yet)"
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "add task vectors (optionally PACT-cleaned against the target) to another encoder, e.g. a merge or another checkpoint"
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("--target", metavar="FILE", help="target encoder file (open_clip or HF layout)")
+    parser.add_argument("--store", metavar="RUN_DIR", help="run directory: source of --target-name, of the default "
+                        "pre-trained encoder of the task vectors, and of the model, data and heads for --evaluate")
+    parser.add_argument("--target-name", help="store entry used as target: pretrained, joint, sequential, merged/<id>, finetuned/<task>")
+    parser.add_argument("--task-vector", action="append", default=[], required=True, metavar="TASK=FINETUNED[:PRETRAINED]",
+                        help="task vector = FINETUNED - PRETRAINED (PRETRAINED defaults to the store's pre-trained "
+                        "encoder); repeatable")
+    parser.add_argument("--alpha", type=float, required=True, help="scaling of the summed task vectors")
+    parser.add_argument("--pact", action="store_true", help="clean each task vector with PACT against the target's weights")
+    parser.add_argument("--pact-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="PACT parameter (e.g. K=15, k=8, protect=others); repeatable")
+    parser.add_argument("--conv-as-matrix", action="store_true", help="treat convolution kernels as matrices for PACT")
+    parser.add_argument("--out", required=True, help="output *.safetensors (a JSON sidecar is written beside it)")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate the result on the tasks (needs --store)")
+    parser.add_argument("--split", choices=("val", "test"), default="test", help="split for --evaluate")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickled torch files")
 
 
-def run(args):
-    raise NotImplementedError("transfer")
+def parse_task_vector(spec: str) -> tuple[str, str, str | None]:
+    """``TASK=FINETUNED[:PRETRAINED]`` -> (task, finetuned, pretrained or None); a path containing ':'
+    that exists as a whole is taken as the fine-tuned file."""
+    from pactmerge.errors import ConfigError
+
+    task, sep, rest = spec.partition("=")
+    if not sep or not task or not rest:
+        raise ConfigError(f"--task-vector {spec!r}: expected TASK=FINETUNED_FILE[:PRETRAINED_FILE]")
+    if ":" in rest and not Path(rest).exists():
+        ft, pt = rest.rsplit(":", 1)
+        return task, ft, pt
+    return task, rest, None
+
+
+def parse_params(items: list[str], option: str) -> dict:
+    import yaml
+
+    from pactmerge.errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run(args) -> int:
+    from pactmerge.analysis.transfer import TransferConfig, task_vector, transfer
+    from pactmerge.errors import ConfigError, StageError
+    from pactmerge.fileio import save_safetensors_atomic, sha256_file, write_json_atomic
+    from pactmerge.interop.files import encoder_state, load_encoder_file
+    from pactmerge.interop.importer import conform
+
+    store = None
+    if args.store:
+        from pactmerge.checkpoints import CheckpointStore
+
+        store = CheckpointStore(args.store, create=False)
+    if bool(args.target) == bool(args.target_name):
+        raise ConfigError("give the target as --target FILE or as --store RUN_DIR --target-name NAME (one of them)")
+    if args.target_name:
+        if store is None:
+            raise ConfigError("--target-name needs --store RUN_DIR")
+        target, _ = encoder_state(store.load_state(args.target_name), source=f"{args.store}:{args.target_name}")
+        target_desc = {"store": str(args.store), "name": args.target_name, "sha256": store.entry(args.target_name)["sha256"]}
+    else:
+        target, layout = load_encoder_file(args.target, trust_pickle=args.trust_pickle)
+        target_desc = {"file": str(args.target), "layout": layout}
+    if not str(args.out).endswith(".safetensors"):
+        raise ConfigError(f"--out {args.out}: name the output *.safetensors")
+    if args.evaluate and store is None:
+        raise ConfigError("--evaluate needs --store RUN_DIR (its model, data and heads)")
+
+    vectors, sources = {}, {}
+    store_pretrained = None
+    for spec in args.task_vector:
+        task, ft_path, pt_path = parse_task_vector(spec)
+        if task in vectors:
+            raise ConfigError(f"--task-vector: task {task!r} given twice")
+        ft, ft_layout = load_encoder_file(ft_path, trust_pickle=args.trust_pickle)
+        if pt_path:
+            pt, _ = load_encoder_file(pt_path, trust_pickle=args.trust_pickle)
+        else:
+            if store is None:
+                raise StageError(f"--task-vector {spec!r}: no pre-trained file given and no --store to take it "
+                                 "from; write TASK=FINETUNED:PRETRAINED")
+            if store_pretrained is None:
+                store_pretrained = encoder_state(store.load_state("pretrained"), source=f"{args.store}:pretrained")[0]
+            pt = store_pretrained
+        ft, _ = conform(ft, ft_layout, pt, name=f"task {task!r} checkpoint {ft_path}")
+        vectors[task] = task_vector(ft, pt, name=f"task {task!r} ({ft_path})")
+        sources[task] = {"finetuned": ft_path, "pretrained": pt_path or f"{args.store}:pretrained"}
+
+    cfg = TransferConfig(alpha=args.alpha, pact=args.pact, pact_params=parse_params(args.pact_param, "--pact-param"),
+                         conv_as_matrix=args.conv_as_matrix)
+    target_name = f"target {args.target or args.target_name}"
+    state, diagnostics = transfer(target, vectors, cfg, target_name=target_name)
+    sidecar = {"target": target_desc, "task_vectors": sources, "alpha": args.alpha, "pact": args.pact,
+               "pact_params": cfg.pact_params, "diagnostics": diagnostics}
+    if args.evaluate:  # before writing, so a failed evaluation leaves no output behind
+        from pactmerge.analysis.runs import RunEvaluator
+
+        evaluator = RunEvaluator(args.store, split=args.split, device=args.device)
+        sidecar["accuracy"] = {"split": args.split, **evaluator(state, list(vectors))}
+        for t in vectors:
+            print(f"{t}: {sidecar['accuracy'][t]:.4f} ({args.split})")
+    save_safetensors_atomic(args.out, state, metadata={"format": "pt", "pactmerge": "transfer"})
+    sidecar["sha256"] = sha256_file(args.out)
+    write_json_atomic(Path(args.out).with_suffix(".json"), sidecar)
+    print(args.out)
+    return 0

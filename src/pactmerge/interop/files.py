@@ -1,0 +1,90 @@
+"""Read an image encoder from a file in any supported layout, and compare encoders key by key."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from pactmerge.errors import CheckpointError
+from pactmerge.interop.layout import detect_layout, to_open_clip
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+
+def encoder_state(state: Mapping[str, Tensor], *, source: str = "state dict") -> tuple[dict[str, Tensor], str]:
+    """The image-encoder state of ``state`` in pactmerge's layout, and the layout it came in.
+
+    A CLIP ViT (open_clip or Hugging Face layout, whole model or tower) gives its open_clip
+    tower (``"open_clip"`` / ``"hf"``). Any other state (e.g. a CNN tower) is kept as it is,
+    with a ``module.`` prefix removed and, for a whole open_clip CLIP, only its ``visual.*``
+    keys (``"other"``).
+    """
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        detect_layout(state, source=source)
+    except CheckpointError:
+        if any(k.startswith("visual.") for k in state):
+            return {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}, "other"
+        return dict(state), "other"
+    return to_open_clip(state, source=source)
+
+
+def load_encoder_file(path: str | Path, *, trust_pickle: bool = False) -> tuple[dict[str, Tensor], str]:
+    """``encoder_state`` of the state dict in ``path`` (safetensors or torch file, or a Hugging
+    Face checkpoint directory holding ``model.safetensors`` / ``pytorch_model.bin``)."""
+    from pactmerge.fileio import load_state_dict
+
+    path = weights_file(path)
+    return encoder_state(load_state_dict(path, trust_pickle=trust_pickle), source=str(path))
+
+
+def weights_file(path: str | Path) -> Path:
+    """``path`` itself, or the weights file inside a checkpoint directory."""
+    path = Path(path)
+    return _weights_in_dir(path) if path.is_dir() else path
+
+
+def _weights_in_dir(directory: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        if (directory / name).is_file():
+            return directory / name
+    shards = sorted(directory.glob("*.safetensors.index.json"))
+    hint = " (sharded checkpoints are not supported: save the encoder as one file)" if shards else ""
+    raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin in this directory{hint}")
+
+
+def describe_differences(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, limit: int = 8) -> list[str]:
+    """Human-readable differences between two states' key sets and shapes (empty when they match)."""
+    missing = sorted(set(reference) - set(other))
+    extra = sorted(set(other) - set(reference))
+    shapes = sorted(k for k in set(other) & set(reference) if tuple(other[k].shape) != tuple(reference[k].shape))
+
+    def cut(keys: list[str]) -> str:
+        return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {cut(missing)}")
+    if extra:
+        parts.append(f"unexpected keys: {cut(extra)}")
+    if shapes:
+        parts.append(
+            "different shapes: "
+            + cut([f"{k} {tuple(other[k].shape)} instead of {tuple(reference[k].shape)}" for k in shapes])
+        )
+    return parts
+
+
+def require_same_layout(
+    reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, ref_name: str, other_name: str, error=CheckpointError
+) -> None:
+    """Raise ``error`` naming the differing keys when ``other`` does not have ``reference``'s keys and shapes."""
+    parts = describe_differences(reference, other)
+    if parts:
+        raise error(
+            f"{other_name} does not match {ref_name} ({'; '.join(parts)}); the models must share one architecture and size"
+        )

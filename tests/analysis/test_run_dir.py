@@ -1,0 +1,39 @@
+"""Accuracy-based analysis on a real run directory: tiny ViT, offline ``digits`` data, an imported checkpoint."""
+
+import json
+
+import pytest
+
+from pactmerge.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_perturbation_curves(run_dir, tmp_path):
+    out = tmp_path / "lbw"
+    rc = main(["analyze", "--store", str(run_dir), "--out", str(out), "--K", "4", "--k", "2", "--no-pact",
+               "--perturb", "--strengths", "0,2", "--fraction", "0.05", "--split", "val"])
+    assert rc == 0
+    report = json.loads((out / "lbw.json").read_text())
+    curves = report["perturbation"]["digits"]
+    assert curves["strengths"] == [0.0, 2.0] and len(curves["lbw"]) == len(curves["random"]) == 2
+    assert curves["lbw"][0] == curves["random"][0] and all(0.0 <= a <= 1.0 for a in curves["lbw"])
+    # masks have the same size: 5% of every matrix key's entries
+    assert curves["mask_size"] == sum(round(0.05 * (r["shape"][0] * r["shape"][1])) for r in report["keys"].values())
+    assert (out / "perturbation.png").is_file()
+
+
+def test_transfer_evaluate(run_dir, tower_files, tmp_path, capsys):
+    from pactmerge.analysis.runs import RunEvaluator
+    from pactmerge.checkpoints import CheckpointStore
+
+    out = tmp_path / "t.safetensors"
+    root = tower_files["root"]
+    rc = main(["transfer", "--store", str(run_dir), "--target-name", "pretrained", "--alpha", "1.0",
+               "--task-vector", f"digits={root / 'digits_hf.safetensors'}", "--evaluate", "--split", "val", "--out", str(out)])
+    assert rc == 0
+    side = json.loads(out.with_suffix(".json").read_text())
+    # alpha 1 on its own pre-trained encoder rebuilds the fine-tuned model: same accuracy as evaluating it directly
+    ft = CheckpointStore(run_dir).load_state("finetuned/digits")
+    assert side["accuracy"]["digits"] == pytest.approx(RunEvaluator(run_dir, split="val").accuracy("digits", ft))
+    assert "digits:" in capsys.readouterr().out
