@@ -76,6 +76,10 @@ class MultiTaskLoader:
         plan = plan[: len(plan) - len(plan) % world] if world > 1 else plan  # same step count on every rank
         return plan[rank::world]
 
+    def set_epoch(self, epoch: int) -> None:
+        """Use the plan of ``epoch`` next (as ``DistributedSampler.set_epoch``), so a resumed run replays it."""
+        self.epoch = int(epoch)
+
     def __len__(self) -> int:
         return len(self._rank_plan(self.epoch))
 

@@ -90,10 +90,10 @@ def _intrusion_by_layer(run_dir: Path, merged: list[dict[str, Any]]) -> dict[str
         if not r["name"].startswith("pact+") or not rel or not (run_dir / rel).is_file():
             continue
         pact = json.loads((run_dir / rel).read_text()).get("pact") or {}
-        per_layer = pact.get("per_layer") or {}
+        per_layer = pact.get("layers") or {}
         return {
-            layer: (float(v["e_in_before"]), float(v["e_in_after"]))
+            layer: (float(v["E_in_before"]), float(v["E_in_after"]))
             for layer, v in per_layer.items()
-            if "e_in_before" in v and "e_in_after" in v
+            if "E_in_before" in v and "E_in_after" in v
         }
     return {}

@@ -50,12 +50,23 @@ def collect_rows(store: CheckpointStore, tasks: list[str]) -> list[dict[str, Any
         if store.has(name):
             e = store.entry(name)
             add(name, name, e.get("metrics", {}).get("test", {}), order=e.get("order"))
-    for name in store.names("merged/"):
+    for name in sorted(store.names("merged/"), key=_merge_order):
         e = store.entry(name)
         add(name.split("/", 1)[1], "merged", e.get("metrics", {}).get("test", {}), method=e.get("method"),
             alpha=e.get("alpha"), alpha_search=e.get("alpha_search"), diagnostics_file=e.get("diagnostics_file"),
             timings=e.get("timings"))
     return rows
+
+
+_METHOD_ORDER = ["weight_averaging", "task_arithmetic", "ties", "tsvm", "iso_c", "iso_cts"]
+
+
+def _merge_order(name: str) -> tuple:
+    """Published order: each method, then its PACT form (exact, then randomized)."""
+    mid = name.split("/", 1)[1]
+    base = mid.removeprefix("pact+").removesuffix("-rsvd")
+    rank = _METHOD_ORDER.index(base) if base in _METHOD_ORDER else len(_METHOD_ORDER)
+    return (rank, base, mid.startswith("pact+"), mid.endswith("-rsvd"))
 
 
 def _pct(x: float | None) -> str:

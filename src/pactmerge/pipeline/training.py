@@ -1,0 +1,208 @@
+"""The three training modes: individual, joint and sequential fine-tuning.
+
+Each stage is one Lightning ``Trainer.fit`` that starts from given encoder weights and writes
+into its own ``ckpt_dir``:
+
+- ``last.ckpt``: Lightning's resumable checkpoint, written every ``recipe.ckpt_every_n_steps``
+  steps (only one file, by rank 0). Rerunning an interrupted stage resumes from it, exactly
+  on a single device (see ``training_data``).
+- ``stage.json``: what the stage trains (tasks, hashes of the initial weights and heads, the
+  recipe fields that matter); resuming a directory written for something else is refused.
+- ``final.safetensors`` + ``final.json``: the finished encoder state and a summary (steps,
+  tasks, recipe, final validation metrics). A rerun of a finished stage returns them
+  without training.
+
+``trainer_kwargs`` reach ``pl.Trainer`` unchanged (``accelerator``, ``devices``, ``num_nodes``,
+``strategy="ddp"`` ...; torchrun and SLURM environments are detected by Lightning) and win
+over the defaults built from the recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from pactmerge.errors import ConfigError, StageError
+from pactmerge.fileio import load_state_dict, save_safetensors_atomic, write_json_atomic
+from pactmerge.pipeline.finetuner import CLIPFineTuner, Recipe
+from pactmerge.pipeline.training_data import ResumableData
+
+log = logging.getLogger(__name__)
+
+FINAL_STATE = "final.safetensors"
+STAGE_IDENTITY = "stage.json"
+# Recipe fields that change what a stage computes; a resume with other values is refused.
+_RESUME_KEYS = ("lr", "weight_decay", "batch_size", "warmup_steps", "max_steps", "grad_clip", "precision", "seed",
+                "bn_mode")
+FINAL_SUMMARY = "final.json"
+LAST_CKPT = "last.ckpt"
+
+
+def _accelerator(trainer_kwargs: Mapping[str, Any]) -> str:
+    acc = trainer_kwargs.get("accelerator", "auto")
+    if acc in ("auto", "gpu"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(acc)
+
+
+def build_trainer(recipe: Recipe, ckpt_dir: Path, trainer_kwargs: Mapping[str, Any] | None = None,
+                  callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+    """A Trainer for one stage: step-based, clipped, checkpointing ``last.ckpt`` into ``ckpt_dir``."""
+    trainer_kwargs = dict(trainer_kwargs or {})
+    acc = _accelerator(trainer_kwargs)
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                           every_n_train_steps=recipe.ckpt_every_n_steps)
+    kwargs: dict[str, Any] = dict(
+        max_steps=recipe.max_steps, max_epochs=-1, precision=recipe.resolved_precision(acc),
+        gradient_clip_val=recipe.grad_clip or None, default_root_dir=ckpt_dir,
+        logger=CSVLogger(save_dir=ckpt_dir, name="logs", version=0),
+        log_every_n_steps=recipe.log_every_n_steps, limit_val_batches=recipe.limit_val_batches,
+        num_sanity_val_steps=0, enable_progress_bar=True, enable_model_summary=False,
+    )
+    if recipe.val_check_interval is not None:
+        kwargs["val_check_interval"] = recipe.val_check_interval
+        kwargs["check_val_every_n_epoch"] = None  # step-based validation may cross epoch ends
+    extra = list(trainer_kwargs.pop("callbacks", []))
+    kwargs.update(trainer_kwargs)
+    kwargs["callbacks"] = [ckpt, *(callbacks or []), *extra]
+    return pl.Trainer(**kwargs)
+
+
+def fit_stage(init_state: Mapping[str, torch.Tensor], loaded: Any, heads: Mapping[str, torch.Tensor],
+              datamodule: pl.LightningDataModule, recipe: Recipe, *, ckpt_dir: str | Path,
+              trainer_kwargs: Mapping[str, Any] | None = None,
+              callbacks: list[pl.Callback] | None = None) -> dict[str, torch.Tensor]:
+    """Fine-tune a copy of ``loaded.encoder`` holding ``init_state`` on ``datamodule``; return its state.
+
+    Resumes from ``ckpt_dir/last.ckpt`` when present; returns ``final.safetensors`` when the
+    stage already finished. The returned dict has every key of the encoder state (CPU tensors).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    final = ckpt_dir / FINAL_STATE
+    if final.is_file():
+        log.info("stage in %s already finished; loading %s", ckpt_dir, final)
+        return load_state_dict(final)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _check_stage_identity(ckpt_dir, init_state, heads, recipe)
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    encoder = copy.deepcopy(loaded.encoder)
+    encoder.load_state_dict(dict(init_state), strict=True)
+    module = CLIPFineTuner(encoder, heads, loaded.logit_scale, recipe)
+    data = ResumableData(datamodule)
+    trainer = build_trainer(recipe, ckpt_dir, trainer_kwargs, callbacks)
+    last = ckpt_dir / LAST_CKPT
+    if last.is_file():
+        log.info("resuming from %s", last)
+    with warnings.catch_warnings():
+        # frozen BatchNorm layers are in eval mode on purpose (see CLIPFineTuner)
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    if trainer.interrupted or trainer.global_step < recipe.max_steps:
+        raise StageError(f"training in {ckpt_dir} stopped at step {trainer.global_step} of {recipe.max_steps} "
+                         "(interrupted or out of data); rerun to resume from the last checkpoint")
+    metrics: dict[str, float] = {}
+    if recipe.final_validation and _has_val(data):
+        trainer.validate(module, datamodule=data, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k and v.numel() == 1}
+    state = module.encoder_state_dict()
+    if trainer.is_global_zero:
+        save_safetensors_atomic(final, state)
+        write_json_atomic(ckpt_dir / FINAL_SUMMARY, {"steps": trainer.global_step, "tasks": list(heads),
+                                                     "recipe": recipe.to_dict(), "metrics": metrics})
+    trainer.strategy.barrier()
+    return state
+
+
+def _check_stage_identity(ckpt_dir: Path, init_state: Mapping[str, torch.Tensor],
+                          heads: Mapping[str, torch.Tensor], recipe: Recipe) -> None:
+    """Record what this stage trains; refuse to resume a directory written for something else."""
+    from pactmerge.checkpoints import state_sha256
+
+    rec = recipe.to_dict()
+    ident = {"tasks": list(heads), "init_sha256": state_sha256(init_state),
+             "heads_sha256": state_sha256(dict(heads)), "recipe": {k: rec[k] for k in _RESUME_KEYS}}
+    path = ckpt_dir / STAGE_IDENTITY
+    if path.is_file():
+        have = json.loads(path.read_text())
+        diffs = [k for k in ident if have.get(k) != ident[k]]
+        diffs = [f"recipe.{k}" for k in _RESUME_KEYS if have["recipe"].get(k) != rec[k]] + \
+            [k for k in diffs if k != "recipe"]
+        if diffs:
+            raise StageError(f"{ckpt_dir} holds a run with other {', '.join(diffs)}; resume it with the same "
+                             "settings, or delete the directory to start again")
+        return
+    write_json_atomic(path, ident)
+
+
+def _has_val(data: ResumableData) -> bool:
+    return type(data.inner).val_dataloader is not pl.LightningDataModule.val_dataloader
+
+
+def read_summary(ckpt_dir: str | Path) -> dict[str, Any] | None:
+    """The ``final.json`` summary of a finished stage (steps, tasks, recipe, metrics), or None."""
+    path = Path(ckpt_dir) / FINAL_SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _task_key(dm: Any) -> str:
+    task = getattr(dm, "task", None)
+    return task if isinstance(task, str) else getattr(task, "key", str(task))
+
+
+def _select(heads: Mapping[str, torch.Tensor], tasks: list[str]) -> dict[str, torch.Tensor]:
+    missing = [t for t in tasks if t not in heads]
+    if missing:
+        raise ConfigError(f"no head for task(s) {missing}; heads exist for {sorted(heads)}")
+    return {t: heads[t] for t in tasks}
+
+
+def fit_individual(loaded: Any, heads: Mapping[str, torch.Tensor], task_dm: pl.LightningDataModule,
+                   recipe: Recipe, *, ckpt_dir: str | Path, trainer_kwargs: Mapping[str, Any] | None = None,
+                   callbacks: list[pl.Callback] | None = None) -> dict[str, torch.Tensor]:
+    """Fine-tune the pre-trained encoder on the one task of ``task_dm``."""
+    task = _task_key(task_dm)
+    return fit_stage(loaded.encoder_state(), loaded, _select(heads, [task]), task_dm, recipe,
+                     ckpt_dir=ckpt_dir, trainer_kwargs=trainer_kwargs, callbacks=callbacks)
+
+
+def fit_joint(loaded: Any, heads: Mapping[str, torch.Tensor], multitask_dm: pl.LightningDataModule,
+              recipe: Recipe, *, ckpt_dir: str | Path, trainer_kwargs: Mapping[str, Any] | None = None,
+              callbacks: list[pl.Callback] | None = None) -> dict[str, torch.Tensor]:
+    """Fine-tune the pre-trained encoder on all tasks of ``multitask_dm`` at once (one task per batch)."""
+    tasks = [t if isinstance(t, str) else t.key for t in multitask_dm.tasks]
+    return fit_stage(loaded.encoder_state(), loaded, _select(heads, tasks), multitask_dm, recipe,
+                     ckpt_dir=ckpt_dir, trainer_kwargs=trainer_kwargs, callbacks=callbacks)
+
+
+def sequential_stages(schedule: Any) -> list[tuple[str, pl.LightningDataModule]]:
+    """``[(task, datamodule), ...]`` in the schedule's order."""
+    modules = getattr(schedule, "modules", None)
+    if modules is None:
+        modules = list(schedule)
+    if isinstance(modules, Mapping):
+        return [(t, modules[t]) for t in schedule.order]
+    return [(_task_key(dm), dm) for dm in modules]
+
+
+def fit_sequential(loaded: Any, heads: Mapping[str, torch.Tensor], schedule: Any, recipe: Recipe, *,
+                   ckpt_dir: str | Path, trainer_kwargs: Mapping[str, Any] | None = None,
+                   callbacks: list[pl.Callback] | None = None) -> dict[str, torch.Tensor]:
+    """Fine-tune on the schedule's tasks one after another, each stage from the previous result
+    with a fresh optimizer and LR schedule. Stage ``i`` lives in ``ckpt_dir/<i>_<task>``, so a
+    rerun skips finished stages and resumes the interrupted one."""
+    state = loaded.encoder_state()
+    for i, (task, dm) in enumerate(sequential_stages(schedule)):
+        log.info("sequential stage %d: %s", i, task)
+        state = fit_stage(state, loaded, _select(heads, [task]), dm, recipe,
+                          ckpt_dir=Path(ckpt_dir) / f"{i:02d}_{task}", trainer_kwargs=trainer_kwargs,
+                          callbacks=callbacks)
+    return state
