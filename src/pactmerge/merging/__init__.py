@@ -1,1 +1,34 @@
-"""pactmerge.merging"""
+"""pactmerge.merging: task vectors and merge methods (TA, TIES, TSV-M, Iso-C, Iso-CTS, PACT), pure torch.
+
+    res = merge(pretrained_sd, [ft_1, ..., ft_T], "pact+tsvm", params={"K": 15, "k": 8})
+    merged_sd = res.apply(pretrained_sd, alpha)
+"""
+
+from pactmerge.merging.engine import MergeResult, merge, merge_files
+from pactmerge.merging.keys import KeyPolicy, layer_of
+from pactmerge.merging.linalg import orth, randomized_svd
+from pactmerge.merging.pact import PACTConfig, intrusion_energy, pact_filter
+from pactmerge.merging.params import SVDOptions
+from pactmerge.merging.registry import alpha_grid, available_methods, get_method
+from pactmerge.merging.spec import MethodSpec
+from pactmerge.merging.task_vector import TaskVector, apply_task_vector
+
+__all__ = [
+    "KeyPolicy",
+    "MergeResult",
+    "MethodSpec",
+    "PACTConfig",
+    "SVDOptions",
+    "TaskVector",
+    "alpha_grid",
+    "apply_task_vector",
+    "available_methods",
+    "get_method",
+    "intrusion_energy",
+    "layer_of",
+    "merge",
+    "merge_files",
+    "orth",
+    "pact_filter",
+    "randomized_svd",
+]

@@ -1,0 +1,246 @@
+"""The merge engine: one per-key loop over a state source (in memory or lazily opened files).
+
+``merge`` and ``merge_files`` differ only in the sources they build; both run ``_Engine``,
+so their results are bitwise identical. Matrix keys of the same shape are merged in batches
+(bounded by ``_BATCH_BYTES`` of task-vector data), so a streaming merge holds about T times
+one batch of keys plus the merged output, never T models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from pactmerge.errors import MergeError
+from pactmerge.merging import pact as pact_mod
+from pactmerge.merging.keys import KeyPolicy, matrix_shape
+from pactmerge.merging.registry import get_method, resolve_params
+from pactmerge.merging.sources import DictSource, check_finite, open_source, validate_sources
+from pactmerge.merging.spec import KeyContext
+from pactmerge.merging.task_vector import apply_task_vector
+
+log = logging.getLogger(__name__)
+
+_BATCH_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}  # task-vector bytes per batch of same-shape keys
+_CACHE_BYTES = 4 << 30  # in-memory merges keep preprocessed task vectors for a second pass up to this
+
+
+@dataclass
+class MergeResult:
+    """A merged task vector and how it was made.
+
+    ``tau``: key -> float32 CPU tensor for every floating-point key (integer buffers excluded).
+    ``params``: the resolved hyper-parameters (JSON-able). ``diagnostics``: JSON-able
+    (``diagnostics["pact"]`` for ``pact+`` methods). ``timings``: seconds per phase.
+    """
+
+    method: str
+    params: dict
+    tau: dict[str, Tensor]
+    default_alpha: float
+    diagnostics: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def apply(self, pretrained: Mapping[str, Tensor], alpha: float | None = None) -> dict[str, Tensor]:
+        """``theta0 + alpha * tau`` (``default_alpha`` when ``alpha`` is None), in ``theta0``'s dtypes;
+        integer buffers copied from ``theta0`` untouched."""
+        return apply_task_vector(pretrained, self.tau, self.default_alpha if alpha is None else alpha)
+
+
+def merge(
+    pretrained: Mapping[str, Tensor],
+    finetuned: Sequence[Mapping[str, Tensor]],
+    method: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    key_policy: KeyPolicy | None = None,
+    device: str = "auto",
+    compute_dtype: torch.dtype = torch.float32,
+) -> MergeResult:
+    """Merge in-memory state dicts. ``finetuned`` are T state dicts with the pre-trained keys and shapes.
+
+    Raises ``MergeError`` for an unknown method or parameter, mismatched keys or shapes (naming the
+    key and ``model i``, 1-based), NaN/Inf inputs, or an empty list.
+    """
+    pre = DictSource(pretrained, "the pre-trained model")
+    fts = [DictSource(sd, f"model {i + 1}") for i, sd in enumerate(finetuned)]
+    return _Engine(pre, fts, method, params, key_policy, device, compute_dtype, cacheable=True).run()
+
+
+def merge_files(
+    pretrained: str | os.PathLike,
+    finetuned: Sequence[str | os.PathLike],
+    method: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    key_policy: KeyPolicy | None = None,
+    device: str = "auto",
+    compute_dtype: torch.dtype = torch.float32,
+) -> MergeResult:
+    """Streaming ``merge`` over checkpoint files: safetensors files are read key by key.
+
+    Same result as ``merge`` on the loaded state dicts. File problems raise ``CheckpointError``.
+    """
+    pre = open_source(pretrained, str(pretrained))
+    fts = [open_source(p, str(p)) for p in finetuned]
+    return _Engine(pre, fts, method, params, key_policy, device, compute_dtype, cacheable=False).run()
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise MergeError(f"device {device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MergeError(f"device {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+class _Engine:
+    def __init__(self, pre, fts, method, params, key_policy, device, compute_dtype, cacheable):
+        if compute_dtype not in (torch.float32, torch.float64):
+            raise MergeError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
+        self.spec = get_method(method)
+        self.mparams, self.pact_cfg, self.resolved = resolve_params(self.spec, params)
+        self.pre, self.fts = pre, list(fts)
+        self.policy = key_policy or KeyPolicy()
+        self.device = _resolve_device(device)
+        self.dtype = compute_dtype
+        self.cacheable = cacheable
+        self.timings: dict[str, float] = defaultdict(float)
+        self._cache: dict[int, Tensor] | None = None
+        self._pact_diag: dict[str, list[dict]] = {}
+
+    # -- planning ---------------------------------------------------------------------------
+    def _plan(self) -> list[tuple[str, list[str]]]:
+        """Work items: ("vector", [key]) or ("matrix", [same-shape keys]).
+
+        Keys are visited in sorted order, so the batches (and so the bits of the result) do not
+        depend on the order in which a source lists its keys (safetensors files sort them).
+        """
+        T = len(self.fts)
+        budget = _BATCH_BYTES.get(self.device.type, _BATCH_BYTES["cpu"])
+        itemsize = torch.finfo(self.dtype).bits // 8
+        items, open_batch = [], {}
+        for key in sorted(self.pre.keys()):
+            meta = self.pre.meta(key)
+            kind = self.policy.kind(key, meta)
+            if kind == "int":
+                continue
+            if kind == "vector":
+                items.append(("vector", [key]))
+                continue
+            group = (meta.shape, self.spec.pact and self.policy.pact_applies(key))
+            size = T * itemsize * max(1, int(torch.tensor(meta.shape).prod()))
+            batch = open_batch.get(group)
+            if batch is None or (len(batch) + 1) * size > budget:
+                batch = []
+                open_batch[group] = batch
+                items.append(("matrix", batch))
+            batch.append(key)
+        return items
+
+    # -- loading and preprocessing ------------------------------------------------------------
+    def _load(self, keys: list[str]) -> tuple[Tensor, Tensor]:
+        """(theta0 (B, *shape), taus (T, B, *shape)) on the device in the compute dtype."""
+        t0 = time.perf_counter()
+        base = []
+        for key in keys:
+            t = self.pre.get(key)
+            check_finite(t, key, self.pre.name)
+            base.append(t.to(self.device, self.dtype))
+        base = torch.stack(base)
+        taus = torch.empty((len(self.fts), *base.shape), dtype=self.dtype, device=self.device)
+        for i, src in enumerate(self.fts):
+            for b, key in enumerate(keys):
+                t = src.get(key)
+                check_finite(t, key, src.name)
+                taus[i, b] = t.to(self.device, self.dtype) - base[b]
+        self.timings["load"] += time.perf_counter() - t0
+        return base, taus
+
+    def _items(self, record: bool) -> Iterator[tuple[str, list[str], Tensor]]:
+        """(kind, keys, task vectors) per work item; matrix items as (T, B, m, n) after PACT."""
+        for idx, (kind, keys) in enumerate(self._plan()):
+            if self._cache is not None and idx in self._cache:
+                yield kind, keys, self._cache[idx]
+                continue
+            base, taus = self._load(keys)
+            if kind == "matrix":
+                T, B = taus.shape[:2]
+                m, n = matrix_shape(tuple(taus.shape[2:]))
+                taus, base = taus.reshape(T, B, m, n), base.reshape(B, m, n)
+                if self.spec.pact and self.policy.pact_applies(keys[0]):
+                    t0 = time.perf_counter()
+                    taus, diags = pact_mod.pact_filter_batch(base, taus, self.pact_cfg, keys)
+                    self._sync()
+                    self.timings["pact"] += time.perf_counter() - t0
+                    if record:
+                        self._pact_diag.update(zip(keys, diags))
+            if self._cache is not None and self._cache_room(taus):
+                self._cache[idx] = taus
+            yield kind, keys, taus
+
+    def _cache_room(self, taus: Tensor) -> bool:
+        used = sum(t.numel() * t.element_size() for t in self._cache.values())
+        return used + taus.numel() * taus.element_size() <= _CACHE_BYTES
+
+    def _stream(self) -> Iterator[tuple[str, Tensor]]:
+        for kind, keys, taus in self._items(record=True):
+            for b, key in enumerate(keys):
+                yield key, (taus[:, b] if kind == "matrix" else taus[:, 0])
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # -- the merge -------------------------------------------------------------------------------
+    def run(self) -> MergeResult:
+        start = time.perf_counter()
+        validate_sources(self.pre, self.fts)
+        state: dict[str, Any] = {}
+        if self.spec.prepare is not None:
+            if self.cacheable:
+                self._cache = {}
+            t0 = time.perf_counter()
+            self.spec.prepare(self._stream, self.mparams, state)
+            self.timings["prepare"] += time.perf_counter() - t0
+        tau: dict[str, Tensor] = {}
+        for kind, keys, taus in self._items(record=True):
+            t0 = time.perf_counter()
+            ctx = KeyContext(keys, state)
+            if kind == "matrix":
+                merged = self.spec.merge_matrices(taus, self.mparams, ctx)
+                for b, key in enumerate(keys):
+                    tau[key] = merged[b].reshape(self.pre.meta(key).shape).to("cpu", torch.float32)
+            else:
+                tau[keys[0]] = self.spec.merge_vectors(taus[:, 0], self.mparams, ctx).to("cpu", torch.float32)
+            self._sync()
+            self.timings["merge"] += time.perf_counter() - t0
+        self._cache = None
+        if self.spec.finalize is not None:
+            self.spec.finalize(tau, self.mparams, state)
+        order = [k for k in self.pre.keys() if k in tau]
+        tau = {k: tau[k] for k in order}
+        diagnostics: dict[str, Any] = {"device": str(self.device), "num_tasks": len(self.fts)}
+        if self.spec.pact:
+            diagnostics["pact"] = pact_mod.summarize({k: self._pact_diag[k] for k in order if k in self._pact_diag})
+        self.timings["total"] = time.perf_counter() - start
+        log.info("merged %d keys of %d models with %s in %.2fs", len(tau), len(self.fts), self.spec.name, self.timings["total"])
+        return MergeResult(
+            method=self.spec.name,
+            params=self.resolved,
+            tau=tau,
+            default_alpha=self.spec.default_alpha,
+            diagnostics=diagnostics,
+            timings=dict(self.timings),
+        )

@@ -1,0 +1,1 @@
+"""One module per merge method; each exposes ``SPEC`` (a ``MethodSpec``) and its ``Params``."""

@@ -1,0 +1,55 @@
+"""TSV-M (Task Singular Vectors: Merging), default alpha 1.0.
+
+Gargiulo et al. 2025, "Task Singular Vectors: Reducing Task Interference in Model Merging"
+(CVPR 2025, arXiv 2412.00081). Per matrix key: per task the top ``r = floor(min(m, n) / T)``
+singular triplets of ``tau_t``; concatenate ``U = [U_1..U_T]``, ``S``, ``V = [V_1..V_T]``;
+whiten both bases by their polar factor; ``tau* = polar(U) diag(S) polar(V)^T``. Vector keys:
+mean of the task vectors. The per-task truncations may be randomized (``svd="randomized"``);
+the whitening is always exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from pactmerge.merging.linalg import polar, top_svd
+from pactmerge.merging.params import SVDOptions
+from pactmerge.merging.spec import KeyContext, MethodSpec, mean_of_tasks
+
+
+@dataclass(frozen=True)
+class Params(SVDOptions):
+    """Only the SVD options: the per-task rank is fixed by the method, floor(min(m, n) / T)."""
+
+
+def concat_tasks(X: Tensor) -> Tensor:
+    """(T, B, p, r) -> (B, p, T*r): task-major column blocks [X_1 .. X_T]."""
+    T, B, p, r = X.shape
+    return X.permute(1, 2, 0, 3).reshape(B, p, T * r)
+
+
+def whitened_product(U: Tensor, S: Tensor, V: Tensor) -> Tensor:
+    """polar(U) diag(S) polar(V)^T for U (B, m, k), S (B, k), V (B, n, k); float64."""
+    return (polar(U) * S.unsqueeze(-2)) @ polar(V).mT
+
+
+def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
+    T, B, m, n = taus.shape
+    r = min(m, n) // T
+    if r == 0:
+        return taus.new_zeros(B, m, n)
+    U, S, V = top_svd(taus, r, params)  # (T, B, m, r), (T, B, r), (T, B, n, r)
+    S = S.permute(1, 0, 2).reshape(B, T * r)
+    return whitened_product(concat_tasks(U), S, concat_tasks(V)).to(taus.dtype)
+
+
+SPEC = MethodSpec(
+    name="tsvm",
+    params_cls=Params,
+    merge_matrices=merge_matrices,
+    merge_vectors=mean_of_tasks,
+    default_alpha=1.0,
+    paper="Gargiulo et al. 2025, Task Singular Vectors, CVPR 2025, arXiv 2412.00081",
+)

@@ -1,0 +1,199 @@
+"""PACT: Preserving Anchored Cores in Task-vectors (arXiv 2606.18627), a preprocessing step.
+
+The formulation follows the project's specification (docs/algorithms.md), which keeps the
+structure of the public code that cites the paper but corrects its linear algebra:
+``V0`` comes from the real pre-trained matrix ``W0`` (never a difference such as
+``theta0 - theta0``, which is zero), and every union of subspaces is orthonormalised with a
+rank-revealing SVD that drops directions below ``rtol`` (never plain QR, which invents
+spurious directions for rank-deficient or wide concatenations).
+
+For a matrix key with ``W0`` (m, n), all bases living in the input space R^n:
+  1. ``V0``  = top-K right singular vectors of ``W0``;
+  2. ``V_t`` = top-k right singular vectors of ``tau_t`` (the task core);
+  3. ``R_t`` = orth((I - V_t V_t^T) V0): core directions task t's update leaves alone;
+  4. ``P_j`` = orth(union of R_i), i over ``protect``: ``others`` (i != j), ``self`` (i = j),
+     ``all`` (``P_j = V0``);
+  5. ``tau_j' = tau_j - (tau_j P_j) P_j^T`` (no n x n projector is formed).
+Guard: if dim(P_j) > ``guard * n`` the key of task j is left unchanged and flagged. Steps 1-2
+may use a randomized SVD (``svd="randomized"``); steps 3-4 are exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from pactmerge.errors import MergeError
+from pactmerge.merging.keys import layer_of
+from pactmerge.merging.linalg import orth_masked, singular_values, top_svd
+from pactmerge.merging.params import SVDOptions
+
+
+@dataclass(frozen=True)
+class PACTConfig(SVDOptions):
+    """PACT hyper-parameters (defaults: the paper's K = 15, k = 8).
+
+    ``rank_mode="energy"`` reads the ranks off the exact singular-value spectrum (even with
+    ``svd="randomized"``, which then only computes the vectors).
+    """
+
+    K: int = 15  # pre-trained core rank (rank_mode="fixed")
+    k: int = 8  # task core rank (rank_mode="fixed")
+    rank_mode: Literal["fixed", "fraction", "energy"] = "fixed"
+    K_fraction: float = 0.02  # K = round(K_fraction * min(m, n)) (rank_mode="fraction")
+    k_fraction: float = 0.01
+    tau_pre: float = 0.85  # energy share of ||W0||_F^2 kept by V0 (rank_mode="energy")
+    tau_task: float = 0.95  # energy share of ||tau_t||_F^2 kept by V_t
+    protect: Literal["others", "self", "all"] = "others"
+    guard: float = 0.5  # leave a key unchanged when dim(P_j) > guard * n
+    rtol: float = 1e-6  # rank-revealing tolerance of orth
+
+    def check(self) -> None:
+        super().check()
+        if self.K < 0 or self.k < 0:
+            raise MergeError(f"K and k must be >= 0, got K={self.K}, k={self.k}")
+        for name in ("K_fraction", "k_fraction", "tau_pre", "tau_task", "guard"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise MergeError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.rtol > 0:
+            raise MergeError(f"rtol must be > 0, got {self.rtol}")
+
+
+def intrusion_energy(tau: Tensor, V0: Tensor) -> float:
+    """``||tau V0||_F^2 / ||tau||_F^2`` for tau (m, n), V0 (n, K) orthonormal; 0.0 for a zero tau."""
+    tau, V0 = tau.double(), V0.double()
+    total = float(tau.pow(2).sum())
+    return float((tau @ V0).pow(2).sum()) / total if total > 0 else 0.0
+
+
+def _energy_rank(sv: Tensor, share: float) -> Tensor:
+    """Smallest r with sum(sv[:r]^2) >= share * sum(sv^2); sv (..., d) descending -> (...,) long."""
+    e = sv.pow(2)
+    cum = e.cumsum(-1)
+    r = (cum < share * e.sum(-1, keepdim=True)).sum(-1) + 1
+    return torch.where(e.sum(-1) > 0, r.clamp_max(sv.shape[-1]), torch.zeros_like(r))
+
+
+def _ranks(w0: Tensor, taus: Tensor, cfg: PACTConfig, keys: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Per-key K (B,) and per-task-and-key k (T, B), validated against min(m, n)."""
+    T, B, m, n = taus.shape
+    d = min(m, n)
+    if cfg.rank_mode == "energy":
+        return _energy_rank(singular_values(w0), cfg.tau_pre), _energy_rank(singular_values(taus), cfg.tau_task)
+    if cfg.rank_mode == "fraction":
+        K, k = round(cfg.K_fraction * d), round(cfg.k_fraction * d)
+    else:
+        K, k = cfg.K, cfg.k
+    for name, val in (("K", K), ("k", k)):
+        if val > d:
+            raise MergeError(
+                f"PACT: {name}={val} is larger than min(m, n)={d} of key {keys[0]!r} (shape {m}x{n}); "
+                f"lower {name}, or restrict PACT to larger matrices with pact_include"
+            )
+    return torch.full((B,), K, dtype=torch.long), torch.full((T, B), k, dtype=torch.long)
+
+
+def _masked_top_vectors(A: Tensor, ranks: Tensor, cfg: PACTConfig) -> Tensor:
+    """Top right singular vectors of A (..., m, n) with per-matrix rank ``ranks`` (...,): (..., n, max rank)."""
+    rmax = int(ranks.max()) if ranks.numel() else 0
+    _, _, V = top_svd(A, rmax, cfg)
+    cols = torch.arange(rmax, device=V.device)
+    return V * (cols < ranks.to(V.device).unsqueeze(-1)).unsqueeze(-2)
+
+
+def pact_filter_batch(
+    w0: Tensor, taus: Tensor, cfg: PACTConfig, keys: Sequence[str]
+) -> tuple[Tensor, list[list[dict]]]:
+    """PACT on B same-shape matrix keys: w0 (B, m, n), taus (T, B, m, n) -> (cleaned like taus, diag[b][t])."""
+    T, B, m, n = taus.shape
+    norms = w0.double().flatten(1).norm(dim=1)
+    for b in range(B):
+        if not norms[b] > 0:
+            raise MergeError(
+                f"PACT: the pre-trained matrix of key {keys[b]!r} is all zeros, so it has no core to protect; "
+                "exclude the key from PACT (pact_include) or merge without pact+"
+            )
+    K, k = _ranks(w0, taus, cfg, keys)
+    V0 = _masked_top_vectors(w0, K, cfg)  # (B, n, K)
+    Vt = _masked_top_vectors(taus, k, cfg)  # (T, B, n, k)
+    R, _ = orth_masked(V0 - Vt @ (Vt.mT @ V0), cfg.rtol, ref=1.0)  # (T, B, n, K'); scale of V0's unit columns
+    if cfg.protect == "all":
+        P = V0.unsqueeze(0).expand(T, *V0.shape)
+    elif cfg.protect == "self":
+        P = R
+    else:
+        unions = [torch.cat([R[i] for i in range(T) if i != j], dim=-1) if T > 1 else R[j][..., :0] for j in range(T)]
+        P, _ = orth_masked(torch.stack(unions), cfg.rtol)
+    dims = (P.abs().sum(-2) > 0).sum(-1)  # (T, B): non-zero basis columns
+    skipped = dims > cfg.guard * n
+    cleaned = torch.empty_like(taus)
+    stats = torch.zeros(4, T, B, dtype=torch.float64)  # before, after, total, kept
+    for t in range(T):  # one task at a time in float64 keeps the working set at one task vector
+        t64 = taus[t].double()
+        c64 = torch.where(skipped[t][:, None, None], t64, t64 - (t64 @ P[t]) @ P[t].mT)
+        cleaned[t] = c64.to(taus.dtype)
+        stats[0, t] = (t64 @ V0).pow(2).sum((-2, -1)).cpu()
+        stats[1, t] = (c64 @ V0).pow(2).sum((-2, -1)).cpu()
+        stats[2, t] = t64.pow(2).sum((-2, -1)).cpu()
+        stats[3, t] = c64.pow(2).sum((-2, -1)).cpu()
+    total, kept = stats[2], stats[3]
+    nz = total > 0
+    safe = total.clamp_min(1e-300)
+    before = torch.where(nz, stats[0] / safe, 0.0)
+    after = torch.where(kept > 0, stats[1] / kept.clamp_min(1e-300), 0.0)
+    removed = torch.where(nz, 1.0 - kept / safe, 0.0)
+    diags = [
+        [
+            {
+                "E_in_before": float(before[t, b]),
+                "E_in_after": float(after[t, b]),
+                "removed_share": float(removed[t, b]),
+                "dim_P": int(dims[t, b]),
+                "guard_skipped": bool(skipped[t, b]),
+                "K": int(K[b]),
+                "k": int(k[t, b]),
+            }
+            for t in range(T)
+        ]
+        for b in range(B)
+    ]
+    return cleaned, diags
+
+
+def pact_filter(w0: Tensor, taus: list[Tensor], config: PACTConfig, key: str = "<matrix>") -> tuple[list[Tensor], list[dict]]:
+    """PACT for one matrix key: w0 (m, n), taus T tensors (m, n) -> (cleaned taus, one diagnostics dict per task).
+
+    Math in float64; the cleaned tensors have the dtype of ``taus``. Raises ``MergeError`` for a
+    zero ``w0`` or K / k larger than min(m, n).
+    """
+    if not taus:
+        raise MergeError("PACT needs at least one task vector")
+    stacked = torch.stack([t for t in taus]).unsqueeze(1)  # (T, 1, m, n)
+    cleaned, diags = pact_filter_batch(w0.unsqueeze(0), stacked, config, [key])
+    return list(cleaned[:, 0].unbind(0)), diags[0]
+
+
+def summarize(per_key: dict[str, list[dict]]) -> dict:
+    """Diagnostics as data: per key and task, per-layer averages, and an overall summary."""
+    fields = ("E_in_before", "E_in_after", "removed_share", "dim_P")
+
+    def average(rows: list[dict]) -> dict:
+        out = {f: (sum(r[f] for r in rows) / len(rows) if rows else 0.0) for f in fields}
+        out["guard_skipped"] = sum(int(r["guard_skipped"]) for r in rows)
+        out["entries"] = len(rows)
+        return out
+
+    layers: dict[str, list[dict]] = {}
+    for key in per_key:  # layers listed in key order
+        layers.setdefault(layer_of(key), [])
+    for key in sorted(per_key):  # sums in a fixed order, whatever order the source lists keys in
+        layers[layer_of(key)].extend(per_key[key])
+    all_rows = [r for key in sorted(per_key) for r in per_key[key]]
+    return {
+        "keys": per_key,
+        "layers": {name: average(rows) for name, rows in layers.items()},
+        "overall": {**average(all_rows), "keys": len(per_key)},
+    }

@@ -1,0 +1,150 @@
+"""State sources: the models a merge reads, key by key, from memory or from lazily opened files.
+
+A source lists its keys with shape and dtype without loading anything, and loads one tensor
+on request. A ``FileSource`` over a safetensors file parses the header and reads one tensor
+at a time, so a streaming merge holds one batch of keys of each model at a time. Non-safetensors files are loaded
+whole with ``pactmerge.fileio.load_state_dict`` (``weights_only`` torch loading).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from pactmerge.errors import CheckpointError, MergeError
+from pactmerge.merging.keys import TensorMeta
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class DictSource:
+    """A source over an in-memory state dict; ``name`` is how messages refer to it."""
+
+    def __init__(self, state: Mapping[str, Tensor], name: str):
+        self.name = name
+        self._state = state
+        for key, value in state.items():
+            if not isinstance(value, Tensor):
+                raise MergeError(f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor")
+
+    def keys(self) -> list[str]:
+        return list(self._state.keys())
+
+    def meta(self, key: str) -> TensorMeta:
+        t = self._state[key]
+        return TensorMeta(tuple(t.shape), t.dtype)
+
+    def get(self, key: str) -> Tensor:
+        return self._state[key]
+
+
+class FileSource:
+    """A source over a safetensors file read lazily: the header once, then one tensor per ``get``.
+
+    Tensors are read with plain positioned reads rather than through a memory map, so pages of
+    keys already merged do not stay resident: peak memory is what the merge holds, not the files.
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str):
+        self.path = Path(path)
+        self.name = name
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: no such file")
+        size = self.path.stat().st_size
+        try:
+            with open(self.path, "rb") as fh:
+                (header_len,) = struct.unpack("<Q", fh.read(8))
+                if header_len > size - 8:
+                    raise ValueError("header longer than the file")
+                header = json.loads(fh.read(header_len))
+            self._data_start = 8 + header_len
+            self._entries = {}
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                begin, end = info["data_offsets"]
+                dtype = _ST_DTYPES.get(info["dtype"])
+                if dtype is None:
+                    raise CheckpointError(f"{self.path}: key {key!r} has unsupported dtype {info['dtype']}")
+                shape = tuple(int(d) for d in info["shape"])
+                numel = 1
+                for d in shape:
+                    numel *= d
+                if end - begin != numel * dtype.itemsize or self._data_start + end > size:
+                    raise ValueError(f"key {key!r} lies outside the file or has the wrong size")
+                self._entries[key] = (TensorMeta(shape, dtype), begin, end)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # bad header, bad JSON, short file
+            raise CheckpointError(
+                f"{self.path}: not a readable safetensors file ({exc}); the file may be truncated or of another format"
+            ) from exc
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def meta(self, key: str) -> TensorMeta:
+        return self._entries[key][0]
+
+    def get(self, key: str) -> Tensor:
+        meta, begin, end = self._entries[key]
+        buf = bytearray(end - begin)
+        with open(self.path, "rb") as fh:
+            fh.seek(self._data_start + begin)
+            if fh.readinto(buf) != len(buf):
+                raise CheckpointError(f"{self.path}: cannot read key {key!r}; the file is truncated")
+        if not buf:
+            return torch.empty(meta.shape, dtype=meta.dtype)
+        return torch.frombuffer(buf, dtype=meta.dtype).reshape(meta.shape)
+
+
+def open_source(path: str | os.PathLike, name: str) -> DictSource | FileSource:
+    """A lazy source for a safetensors file, an in-memory one for a torch weights file."""
+    from pactmerge.fileio import is_safetensors, load_state_dict
+
+    if is_safetensors(path):
+        return FileSource(path, name)
+    return DictSource(load_state_dict(path), name)
+
+
+def validate_sources(pretrained, finetuned: Sequence) -> None:
+    """Every fine-tuned model has exactly the pre-trained keys with the same shapes.
+
+    Errors name the key and the model (its file, or its index in the list).
+    """
+    if len(finetuned) == 0:
+        raise MergeError("no fine-tuned models given: a merge needs at least one")
+    ref_keys = pretrained.keys()
+    ref = set(ref_keys)
+    for src in finetuned:
+        keys = set(src.keys())
+        missing = [k for k in ref_keys if k not in keys]
+        if missing:
+            raise MergeError(
+                f"key {missing[0]!r} is missing from {src.name} ({len(missing)} key(s) missing); "
+                "all models must be the same architecture"
+            )
+        extra = sorted(keys - ref)
+        if extra:
+            raise MergeError(f"{src.name} has key {extra[0]!r}, which {pretrained.name} lacks; all models must match")
+        for key in ref_keys:
+            a, b = pretrained.meta(key).shape, src.meta(key).shape
+            if a != b:
+                raise MergeError(
+                    f"key {key!r} has shape {list(b)} in {src.name} but {list(a)} in {pretrained.name}"
+                )
+
+
+def check_finite(tensor: Tensor, key: str, source_name: str) -> None:
+    if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+        raise MergeError(f"key {key!r} of {source_name} contains NaN or Inf values; the checkpoint is corrupt")

@@ -1,0 +1,51 @@
+"""The contract between the merge engine and one merge method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from torch import Tensor
+
+
+@dataclass
+class KeyContext:
+    """What a method sees besides the task vectors: the keys of the current call and a state
+    dict shared by all calls of one merge (filled by ``prepare``, read by ``finalize``)."""
+
+    keys: list[str]
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+# A stream of (key, task vectors (T, *shape) in the compute dtype) over every floating-point key,
+# in a fixed order, after any preprocessing (PACT). Calling the factory again restarts it.
+TaskVectorStream = Callable[[], Iterator[tuple[str, Tensor]]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A merge method: typed parameters, the rule on matrix keys and on vector keys.
+
+    ``merge_matrices(taus (T, B, m, n), params, ctx) -> (B, m, n)``: B same-shape matrix keys
+    (``ctx.keys``) merged at once. ``merge_vectors(taus (T, *shape), params, ctx) -> shape``:
+    one vector key. Optional ``prepare(stream, params, state)`` runs before (for quantities
+    over the whole task vector) and ``finalize(tau, params, state)`` after the per-key pass.
+    ``symmetric``: the result does not depend on the order of the tasks.
+    """
+
+    name: str
+    params_cls: type
+    merge_matrices: Callable[[Tensor, Any, KeyContext], Tensor]
+    merge_vectors: Callable[[Tensor, Any, KeyContext], Tensor]
+    default_alpha: float
+    paper: str
+    symmetric: bool = True
+    prepare: Callable[[TaskVectorStream, Any, dict], None] | None = None
+    finalize: Callable[[dict[str, Tensor], Any, dict], None] | None = None
+    pact: bool = False
+    base: str = ""
+
+
+def mean_of_tasks(taus: Tensor, params: Any = None, ctx: KeyContext | None = None) -> Tensor:
+    """The plain mean of the task vectors over the task axis (the default rule for vector keys)."""
+    return taus.sum(0) / taus.shape[0]
