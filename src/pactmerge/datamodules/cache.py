@@ -1,6 +1,7 @@
 """Pre-decoded split caches: one uint8 memmap file per split, built once and reused by every process.
 
-Layout, under ``<cache_dir>/<task>/``: ``<split>-<key>.u8`` (raw uint8, shape (N, 3, S, S)),
+Layout, under ``<cache_dir>/<task>/``: ``<split>-<key>.u8`` (raw uint8, shape (N, S, S, 3): HWC rows,
+which the CPU crop-and-resize reads as channels-last without a transpose),
 ``<split>-<key>.labels.npy`` and ``<split>-<key>.json`` (the header). ``key`` hashes the content
 description (task, source, split, source indices, image size, seed, count, layout). Each file is
 written to a temporary name and renamed when complete; the header is written last and is the
@@ -26,7 +27,7 @@ from pactmerge.datamodules.image_datasets import DecodedDataset
 from pactmerge.fileio import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # 2: HWC rows (1 was CHW)
 
 
 def describe(task: str, source: str, role: str, source_split: str, indices: np.ndarray, size: int, seed: int) -> dict:
@@ -34,7 +35,7 @@ def describe(task: str, source: str, role: str, source_split: str, indices: np.n
     meta = {
         "format": FORMAT, "task": task, "source": source, "split": role, "source_split": source_split,
         "indices_sha256": hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest(),
-        "image_size": int(size), "seed": int(seed), "count": int(len(indices)), "layout": "N,3,H,W uint8",
+        "image_size": int(size), "seed": int(seed), "count": int(len(indices)), "layout": "N,H,W,3 uint8",
     }
     meta["key"] = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     return meta
@@ -70,7 +71,7 @@ def open_cache(cache_dir: str | Path, meta: dict) -> tuple[Path, np.ndarray] | N
 
 def build_cache(cache_dir: str | Path, meta: dict, source: DecodedDataset, num_workers: int = 0,
                 batch_size: int = 256) -> tuple[Path, np.ndarray]:
-    """Decode ``source`` (uint8 (3, S, S) samples) into the cache files described by ``meta``."""
+    """Decode ``source`` (uint8 (3, S, S) samples, any strides) into the cache files described by ``meta``."""
     images, labels, header = paths(cache_dir, meta)
     n, s = meta["count"], meta["image_size"]
     assert len(source) == n, (len(source), n)
@@ -78,7 +79,7 @@ def build_cache(cache_dir: str | Path, meta: dict, source: DecodedDataset, num_w
     log.info("building %s cache of %s (%d images at %dx%d) in %s", meta["split"], meta["task"], n, s, s, images.parent)
     all_labels = np.empty(n, dtype=np.int64)
     with atomic_path(images) as tmp:
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, 3, s, s)) if n else None
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, s, s, 3)) if n else None
         loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             collate_fn=_stack)
         pos = 0
@@ -98,7 +99,8 @@ def build_cache(cache_dir: str | Path, meta: dict, source: DecodedDataset, num_w
 
 
 def _stack(samples):
-    return torch.stack([s[0] for s in samples]), torch.as_tensor([s[1] for s in samples], dtype=torch.long)
+    """Samples -> uint8 (B, S, S, 3) HWC block and labels (B,)."""
+    return torch.stack([s[0].movedim(0, -1) for s in samples]), torch.as_tensor([s[1] for s in samples], dtype=torch.long)
 
 
 def _log_build(cache_dir: Path, meta: dict, seconds: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from pactmerge.datamodules import cache as cache_mod
 from pactmerge.datamodules import offline
 from pactmerge.datamodules.config import DataConfig
-from pactmerge.datamodules.image_datasets import CachedDataset, DecodedDataset, PILDataset, TaskCollate
+from pactmerge.datamodules.image_datasets import CachedDataset, DecodedDataset, FinishBatch, PILDataset, TaskCollate
 from pactmerge.datamodules.readers import RawSplit, hf_splits, idx_splits, imagefolder_splits
 from pactmerge.datamodules.sources import SourceSpec, parse_source
 from pactmerge.datamodules.splits import ROLES, plan_splits
@@ -30,13 +31,25 @@ class TaskDataModule(pl.LightningDataModule):
 
     Two input paths. PIL path (model transforms given, no ``cache_dir``): workers decode with PIL and
     apply ``train_transform`` / ``eval_transform``; batches hold float images and ``gpu_transform``
-    is the identity. Tensor path (no transforms, or a ``cache_dir``): workers deliver uint8
+    is the identity. Tensor path (no transforms, or a ``cache_dir``): images are uint8
     (B, 3, S, S) at ``image_size`` — read from the memmap cache when ``cache_dir`` is set — and
-    ``gpu_transform`` augments (training) and normalises on the batch's device.
+    are augmented (training: random resized crop, flip) and normalised by one ``TensorAugment``:
+
+    - when a trainer runs on the CPU and the loader workers have cores of their own (more cores
+      than workers + 1), the workers' collate function finishes the batch, so it overlaps the
+      training step; the batch arrives as float and ``gpu_transform`` passes it through;
+    - otherwise (a GPU trainer, no trainer, or workers sharing the trainer's cores) loaders deliver
+      uint8 and ``gpu_transform`` (``on_after_batch_transfer`` under a trainer) finishes the batch
+      on its device. Where workers and trainer share cores this is the cheaper arrangement: a
+      float batch is 4x the bytes of a uint8 one, and passing it from a worker through fresh
+      shared memory costs about as much as augmenting it.
+
+    ``finish_in_loader`` forces one or the other (None: decide as above).
     """
 
     def __init__(self, task: str | TaskInfo, config: DataConfig | None = None,
-                 train_transform: Callable | None = None, eval_transform: Callable | None = None):
+                 train_transform: Callable | None = None, eval_transform: Callable | None = None,
+                 *, finish_in_loader: bool | None = None):
         super().__init__()
         self.task: TaskInfo = get_task(task) if isinstance(task, str) else task
         self.config = config if config is not None else DataConfig()
@@ -47,6 +60,7 @@ class TaskDataModule(pl.LightningDataModule):
             self.config.image_size, self.config.mean, self.config.std, augment=self.config.train_augment,
             hflip=self.task.hflip, scale=self.config.crop_scale,
         )
+        self.finish_in_loader = finish_in_loader
         self._raw: dict[str, RawSplit] | None = None
         self._spec: SourceSpec | None = None
         self._plan: dict[str, tuple[str, np.ndarray]] | None = None
@@ -137,13 +151,27 @@ class TaskDataModule(pl.LightningDataModule):
                                           num_workers=cfg.num_workers)
         return CachedDataset(found[0], found[1], size)
 
+    def finishes_in_loader(self) -> bool:
+        """Whether loaders deliver finished float batches (tensor path on the CPU); see the class docstring."""
+        if not self.tensor_path:
+            return False
+        if self.finish_in_loader is not None:
+            return self.finish_in_loader
+        trainer = self.trainer
+        return trainer is not None and loader_finishes(trainer.strategy.root_device.type, self.config.num_workers)
+
+    def collate_fn(self, train: bool) -> TaskCollate:
+        """The collate function of this task's loaders (finishing the batch when ``finishes_in_loader()``)."""
+        finish = FinishBatch(self._augment, train) if self.finishes_in_loader() else None
+        return TaskCollate(self.task.key, finish)
+
     def _loader(self, role: str, train: bool) -> DataLoader:
         if role not in self.datasets:
             self.setup()
         cfg = self.config
         return DataLoader(
             self.datasets[role], batch_size=cfg.batch_size if train else cfg.eval_batch_size, shuffle=train,
-            num_workers=cfg.num_workers, collate_fn=TaskCollate(self.task.key), pin_memory=torch.cuda.is_available(),
+            num_workers=cfg.num_workers, collate_fn=self.collate_fn(train), pin_memory=torch.cuda.is_available(),
             persistent_workers=cfg.num_workers > 0, drop_last=False,
         )
 
@@ -157,12 +185,22 @@ class TaskDataModule(pl.LightningDataModule):
         return self._loader("test", train=False)
 
     def gpu_transform(self, batch: dict, train: bool) -> dict:
-        """Augment (when ``train``) and normalise a batch on its device; identity for float (PIL-path) images."""
+        """Augment (when ``train``) and normalise a batch on its device; identity for float (already finished) images."""
         return {**batch, "images": self._augment(batch["images"], train)}
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         training = bool(self.trainer is not None and self.trainer.training)
         return self.gpu_transform(batch, train=training)
+
+
+def loader_finishes(device_type: str, num_workers: int, cores: int | None = None) -> bool:
+    """Whether a trainer on ``device_type`` gets finished batches from its loader (see ``TaskDataModule``)."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+    return device_type == "cpu" and num_workers > 0 and cores > num_workers + 1
 
 
 def _check_labels(split: RawSplit, num_classes: int, task: str) -> None:
