@@ -49,8 +49,13 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON text; paths and one-element tensors or numpy scalars become plain values."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
 def write_json_atomic(path: PathLike, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text_atomic(path, json_text(obj))
 
 
 def _json_default(obj: Any) -> Any:
@@ -125,3 +130,57 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
         out[str(k)] = v
     return out
+
+
+# bytes per element of the safetensors dtype names
+_ST_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                   "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def read_safetensors_layout(path: PathLike) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a safetensors file, from its header alone, after checking the file is complete.
+
+    Reads only the header, so it is cheap on large files. Raises ``CheckpointError`` naming the
+    file when it is missing, not safetensors, or truncated (a tensor's bytes run past the end).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    size = path.stat().st_size
+    bad = f"{path}: not a readable safetensors file"
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{bad} (only {size} bytes); the file may be truncated or of another format")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise CheckpointError(f"{bad} (header length {n} exceeds the file size {size}); it may be truncated or of another format")
+        try:
+            header = json.loads(fh.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{bad} (header is not JSON: {exc}); it may be of another format") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{bad} (header is not a JSON object)")
+    data_size = size - 8 - n
+    layout: dict[str, tuple[int, ...]] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+            itemsize = _ST_DTYPE_BYTES[info["dtype"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{bad} (malformed header entry for key {key!r})") from exc
+        numel = 1
+        for d in shape:
+            numel *= d
+        if end - begin != numel * itemsize:
+            raise CheckpointError(f"{bad} (key {key!r}: its byte range does not match its shape and dtype)")
+        if end > data_size:
+            raise CheckpointError(
+                f"{path}: truncated safetensors file: key {key!r} needs bytes up to {end}, the file holds {data_size}; "
+                "copy or write it again"
+            )
+        layout[key] = shape
+    return layout

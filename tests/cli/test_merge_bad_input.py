@@ -1,0 +1,151 @@
+"""``pactmerge merge`` on bad input: exit code 2, a message naming the key or file, and nothing written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from pactmerge.merging import available_methods
+
+STREAM_MODES = pytest.mark.parametrize("mode", ["--stream", "--no-stream"])
+MATRIX_KEY = "visual.transformer.resblocks.1.attn.out_proj.weight"
+VECTOR_KEY = "visual.transformer.resblocks.0.ln_2.bias"
+
+
+def refused(cli, out_dir, *argv) -> str:
+    """Run the command, check it failed cleanly with nothing in ``out_dir``; return stderr."""
+    rc, stdout, stderr = cli(*argv, "--out", out_dir / "merged.safetensors")
+    assert rc == 2, (stdout, stderr)
+    assert "error:" in stderr
+    assert list(out_dir.iterdir()) == [], "an output (or a temporary file) was left behind"
+    return stderr
+
+
+@STREAM_MODES
+def test_missing_key_names_key_and_file(write_models, out_dir, cli, mode):
+    models = write_models(edit_task=lambda sd: sd.pop(MATRIX_KEY))
+    err = refused(cli, out_dir, *models.argv(), "--method", "tsvm", mode)
+    assert MATRIX_KEY in err and str(models.finetuned_paths[1]) in err
+
+
+@STREAM_MODES
+def test_extra_key_names_key_and_file(write_models, out_dir, cli, mode):
+    models = write_models(edit_task=lambda sd: sd.update({"visual.extra.weight": torch.zeros(2, 2)}))
+    err = refused(cli, out_dir, *models.argv(), "--method", "tsvm", mode)
+    assert "visual.extra.weight" in err and str(models.finetuned_paths[1]) in err
+
+
+@STREAM_MODES
+def test_shape_mismatch_names_key_and_file(write_models, out_dir, cli, mode):
+    models = write_models(edit_task=lambda sd: sd.update({MATRIX_KEY: sd[MATRIX_KEY][:, :-1].contiguous()}))
+    err = refused(cli, out_dir, *models.argv(), "--method", "iso_c", mode)
+    assert MATRIX_KEY in err and str(models.finetuned_paths[1]) in err
+
+
+@STREAM_MODES
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("where", ["finetuned", "pretrained"])
+def test_non_finite_input_is_refused(write_models, out_dir, cli, mode, bad, where):
+    def poison(sd):
+        sd[VECTOR_KEY][3] = bad
+        sd[MATRIX_KEY][2, 5] = bad
+
+    models = write_models(**{"edit_task" if where == "finetuned" else "edit_pre": poison})
+    err = refused(cli, out_dir, *models.argv(), "--method", "task_arithmetic", mode)
+    assert "NaN or Inf" in err
+    assert VECTOR_KEY in err or MATRIX_KEY in err
+    assert str(models.finetuned_paths[1] if where == "finetuned" else models.pretrained_path) in err
+
+
+def test_empty_list_of_models(write_models, out_dir, cli):
+    models = write_models(T=1)
+    err = refused(cli, out_dir, "--pretrained", models.pretrained_path, "--finetuned", "--method", "tsvm")
+    assert "--finetuned" in err
+
+
+@pytest.mark.parametrize("flag", ["--K", "--k"])
+def test_rank_larger_than_the_matrix(write_models, out_dir, cli, flag):
+    models = write_models(T=2)
+    # 17 is the smallest matrix side (positional_embedding), 40 exceeds every side
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", flag, "40")
+    assert flag.lstrip("-") in err and "40" in err
+
+
+def test_zero_pretrained_matrix_under_pact(write_models, out_dir, cli):
+    models = write_models(edit_pre=lambda sd: sd[MATRIX_KEY].zero_())
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+iso_c", "--K", "4", "--k", "2")
+    assert MATRIX_KEY in err
+    # the same files are fine for a method without PACT
+    rc, _, stderr = cli(*models.argv(), "--method", "iso_c", "--out", out_dir / "ok.safetensors")
+    assert rc == 0, stderr
+
+
+def test_unknown_method_lists_known_ones(write_models, out_dir, cli):
+    models = write_models(T=2)
+    err = refused(cli, out_dir, *models.argv(), "--method", "tsvmm")
+    assert "tsvmm" in err
+    assert all(name in err for name in available_methods())
+
+
+def test_missing_file(write_models, out_dir, cli):
+    models = write_models(T=2)
+    ghost = models.pretrained_path.parent / "no_such_task.safetensors"
+    err = refused(cli, out_dir, *models.argv(), str(ghost), "--method", "tsvm")
+    assert str(ghost) in err
+
+
+@STREAM_MODES
+def test_truncated_safetensors(write_models, out_dir, cli, mode):
+    models = write_models(T=2)
+    path = models.finetuned_paths[0]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    err = refused(cli, out_dir, *models.argv(), "--method", "tsvm", mode)
+    assert str(path) in err
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".bin"])
+def test_random_bytes(write_models, out_dir, cli, suffix):
+    models = write_models(T=2)
+    junk = models.pretrained_path.parent / f"junk{suffix}"
+    junk.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
+    err = refused(cli, out_dir, *models.argv(), str(junk), "--method", "task_arithmetic")
+    assert str(junk) in err
+
+
+@dataclass
+class Provenance:
+    """An arbitrary picklable object, which ``weights_only`` loading refuses."""
+
+    note: str
+
+
+def test_pickled_file_needs_trust_pickle(write_models, out_dir, cli):
+    models = write_models(T=2)
+    pickled = models.finetuned_paths[0].with_suffix(".ckpt")
+    torch.save({"state_dict": models.finetuned[0], "provenance": Provenance("task 0")}, pickled)
+    err = refused(cli, out_dir, "--pretrained", models.pretrained_path, "--finetuned", pickled, "--method", "task_arithmetic")
+    assert str(pickled) in err and "--trust-pickle" in err
+
+
+def test_stream_needs_safetensors(write_models, out_dir, cli):
+    models = write_models(T=2)
+    pt = models.pretrained_path.with_suffix(".pt")
+    torch.save(models.pretrained, pt)
+    err = refused(cli, out_dir, "--pretrained", pt, "--finetuned", *models.finetuned_paths, "--method", "tsvm", "--stream")
+    assert "--stream" in err and str(pt) in err
+
+
+def test_conflicting_hyper_parameters(write_models, out_dir, cli):
+    models = write_models(T=2)
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", "--param", "K=4", "--K", "5")
+    assert "'K'" in err
+
+
+def test_out_may_not_overwrite_an_input(write_models, out_dir, cli):
+    models = write_models(T=2)
+    before = models.pretrained_path.read_bytes()
+    rc, _, err = cli(*models.argv(), "--method", "tsvm", "--out", models.pretrained_path)
+    assert rc == 2 and "--out" in err
+    assert models.pretrained_path.read_bytes() == before

@@ -1,0 +1,134 @@
+"""``pactmerge merge`` on good input: the written file equals the in-memory merge; the sidecar records it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pactmerge
+from pactmerge.merging import available_methods, merge
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _assert_same_state(actual: dict, expected: dict, exact: bool) -> None:
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        assert actual[key].dtype == expected[key].dtype, key
+        if exact:
+            assert torch.equal(actual[key], expected[key]), key
+        else:
+            torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+CASES = [
+    # (method, CLI flags, the same as merge() params, alpha flag)
+    ("tsvm", ["--svd", "exact"], {"svd": "exact"}, None),
+    ("ties", ["--ties-k", "30"], {"k": 30.0}, 0.4),
+    ("pact+iso_c", ["--K", "4", "--k", "2", "--svd", "randomized", "--seed", "3"],
+     {"K": 4, "k": 2, "svd": "randomized", "seed": 3}, 0.9),
+    ("pact+tsvm", ["--param", "K=4", "--param", "k=2", "--protect", "self"], {"K": 4, "k": 2, "protect": "self"}, None),
+]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "in-memory"])
+@pytest.mark.parametrize("method,flags,params,alpha", CASES, ids=[c[0] for c in CASES])
+def test_output_equals_in_memory_merge(write_models, out_dir, cli, stream, method, flags, params, alpha):
+    models = write_models(T=3)
+    out = out_dir / "merged.safetensors"
+    argv = [*models.argv(), "--method", method, *flags, "--out", out, "--device", "cpu"]
+    argv += ["--stream" if stream else "--no-stream"] + ([] if alpha is None else ["--alpha", str(alpha)])
+
+    rc, stdout, stderr = cli(*argv)
+
+    assert rc == 0, stderr
+    res = merge(models.pretrained, models.finetuned, method, params=params, device="cpu")
+    used_alpha = res.default_alpha if alpha is None else alpha
+    # the in-memory path runs the same code, so it must agree bit for bit; streaming may batch differently
+    _assert_same_state(load_file(str(out)), res.apply(models.pretrained, alpha=used_alpha), exact=not stream)
+    assert method in stdout and str(out) in stdout
+
+    sidecar = json.loads((out_dir / "merged.safetensors.json").read_text())
+    assert sidecar["method"] == method
+    assert sidecar["alpha"] == pytest.approx(used_alpha)
+    assert sidecar["params"] == json.loads(json.dumps(res.params))
+    assert sidecar["pactmerge_version"] == pactmerge.__version__
+    assert sidecar["stream"] is stream
+    assert sidecar["inputs"]["pretrained"] == {"path": str(models.pretrained_path), "sha256": _sha256(models.pretrained_path)}
+    assert [e["sha256"] for e in sidecar["inputs"]["finetuned"]] == [_sha256(p) for p in models.finetuned_paths]
+    assert sidecar["diagnostics"] == json.loads(json.dumps(res.diagnostics))
+    assert sidecar["timings"]["total_s"] > 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["merged.safetensors", "merged.safetensors.json"]
+
+
+def test_half_precision_inputs_give_half_precision_output(write_models, out_dir, cli):
+    models = write_models(T=2, dtype=torch.float16)
+    out = out_dir / "merged.safetensors"
+    rc, _, stderr = cli(*models.argv(), "--method", "iso_c", "--out", out, "--alpha", "1.1")
+    assert rc == 0, stderr
+    expected = merge(models.pretrained, models.finetuned, "iso_c").apply(models.pretrained, alpha=1.1)
+    got = load_file(str(out))
+    assert all(v.dtype == torch.float16 for v in got.values())
+    _assert_same_state(got, expected, exact=False)
+
+
+def test_torch_weights_file_loads_without_pickle(write_models, out_dir, cli):
+    models = write_models(T=2)
+    pt = models.pretrained_path.with_suffix(".pt")
+    torch.save(models.pretrained, pt)
+    out = out_dir / "merged.safetensors"
+    rc, _, stderr = cli("--pretrained", pt, "--finetuned", *models.finetuned_paths, "--method", "task_arithmetic",
+                        "--alpha", "0.5", "--out", out)
+    assert rc == 0, stderr
+    expected = merge(models.pretrained, models.finetuned, "task_arithmetic").apply(models.pretrained, alpha=0.5)
+    _assert_same_state(load_file(str(out)), expected, exact=True)
+    assert json.loads((out_dir / "merged.safetensors.json").read_text())["stream"] is False
+
+
+@dataclass
+class Provenance:
+    """An arbitrary picklable object, which ``weights_only`` loading refuses."""
+
+    note: str
+
+
+def test_pickled_file_loads_with_trust_pickle(write_models, out_dir, cli):
+    models = write_models(T=2)
+    pickled = models.finetuned_paths[0].with_suffix(".ckpt")
+    torch.save({"state_dict": models.finetuned[0], "provenance": Provenance("task 0")}, pickled)
+    out = out_dir / "merged.safetensors"
+    argv = ["--pretrained", models.pretrained_path, "--finetuned", pickled, models.finetuned_paths[1],
+            "--method", "task_arithmetic", "--alpha", "0.5", "--out", out]
+
+    rc, _, stderr = cli(*argv, "--trust-pickle")
+
+    assert rc == 0, stderr
+    expected = merge(models.pretrained, models.finetuned, "task_arithmetic").apply(models.pretrained, alpha=0.5)
+    _assert_same_state(load_file(str(out)), expected, exact=True)
+
+
+def test_list_methods_prints_the_registry(cli):
+    rc, stdout, _ = cli("--list-methods")
+    assert rc == 0
+    assert stdout.split() == list(available_methods())
+    assert {"tsvm", "iso_cts", "pact+tsvm", "pact+iso_c"} <= set(stdout.split())
+
+
+def test_sidecar_failure_leaves_no_weights(write_models, out_dir, cli, monkeypatch):
+    import pactmerge.fileio
+
+    def fail(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pactmerge.fileio, "write_json_atomic", fail)
+    models = write_models(T=2)
+    with pytest.raises(OSError):
+        cli(*models.argv(), "--method", "task_arithmetic", "--out", out_dir / "merged.safetensors")
+    assert list(out_dir.iterdir()) == []
