@@ -231,10 +231,18 @@ def bench_streaming(args) -> dict:
     )
 
 
-def stream_child(spec_json: str) -> None:
-    """Child process body: run merge_files, print its own peak RSS (ru_maxrss) as JSON."""
-    import resource
+def _vm_hwm_bytes() -> int:
+    """Peak resident set of this address space (VmHWM). Unlike ru_maxrss, which Linux keeps
+    across execve and so would count the forking parent's memory, it starts afresh in the child."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
+
+def stream_child(spec_json: str) -> None:
+    """Child process body: run merge_files, print its own peak RSS (VmHWM) as JSON."""
     from pactmerge.merging import merge_files
 
     spec = json.loads(spec_json)
@@ -242,7 +250,7 @@ def stream_child(spec_json: str) -> None:
     with peak_memory("cpu") as peak, Stopwatch() as sw:
         merge_files(spec["pretrained"], spec["finetuned"], spec["method"], params=spec["params"], device="cpu")
     print(json.dumps(dict(
-        seconds=sw.seconds, max_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        seconds=sw.seconds, max_rss_mib=_vm_hwm_bytes() / MIB,
         rss_after_imports_mib=base / MIB, peak_anon_above_start_mib=peak.anon / MIB,
         anon_at_end_mib=anon_rss_bytes() / MIB,
     )))

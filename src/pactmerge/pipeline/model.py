@@ -16,6 +16,7 @@ packaged weights (``efficientnet_lite0_clip``: ImageNet EfficientNet-Lite0 from 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import json
@@ -155,6 +156,21 @@ def _resolve_config(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
     return name, cfg
 
 
+@contextlib.contextmanager
+def _quiet_random_init_warning(weights_follow: bool):
+    """Drop open_clip's "initialized randomly" warning when pactmerge loads the weights right after."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (weights_follow and "No pretrained weights loaded" in record.getMessage())
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Build the model described by ``spec``; errors are ``ConfigError``/``CheckpointError``."""
     import open_clip
@@ -168,7 +184,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     try:
         # Parameters that no weights file overwrites (a random text tower, a projection) must be
         # the same in every process and every rerun, or a store could not recognise its model.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning(bool(spec.weights) or name in bundled_models()):
             torch.manual_seed(0)
             clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=spec.image_size,
                                           force_preprocess_cfg=force_pre)
