@@ -139,9 +139,12 @@ class MergeCallback(pl.Callback):
             )
         self._results.update(self._stored_results())
         todo = [s for s in self.specs if s.id not in self._results]
-        for i, spec in enumerate(todo, 1):
-            log.info("merge %d/%d: %s", i, len(todo), spec.id)
-            self._results[spec.id] = self.run_one(spec)
+        from tqdm.auto import tqdm
+
+        with tqdm(todo, desc="merging", unit="merge", disable=not todo) as bar:
+            for spec in bar:
+                bar.set_postfix_str(spec.id)
+                self._results[spec.id] = self.run_one(spec)
         return self.results
 
     def _verified_paths(self) -> tuple[str, list[str]]:
