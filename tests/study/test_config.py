@@ -37,8 +37,10 @@ def test_bad_keys_and_types_are_named(tmp_path, text, fragment):
 
 
 def test_overrides_apply_after_file_and_are_typed():
-    cfg = load_config(None, ["recipe.max_steps=7", "merge.methods=[tsvm]", "tasks.names=[digits]"])
+    cfg = load_config(None, ["recipe.max_steps=7", "merge.methods=[tsvm]", "tasks.names=[digits]",
+                             "merge.alpha_grid=[0.5, 1, 3]"])
     assert cfg.recipe.max_steps == 7 and cfg.merge.methods == ["tsvm"] and cfg.tasks.names == ["digits"]
+    assert cfg.merge.alpha_grid == [0.5, 1.0, 3.0]
     with pytest.raises(ConfigError, match="recipe.max_steps"):
         load_config(None, ["recipe.max_steps=many"])
 

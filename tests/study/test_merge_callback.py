@@ -18,7 +18,7 @@ def _study(path) -> Study:
 
 def test_merge_callback_state_and_idempotence(tiny_config):
     cfg = tiny_config(merge={"methods": ["task_arithmetic", "iso_c"], "pact": ["none", "exact"],
-                             "pact_params": {"K": 4, "k": 2}})
+                             "pact_params": {"K": 4, "k": 2}, "alpha_grid": [0.5, 1.5, 2.5]})
     study = _study(cfg)
     cb = study.merge_callback()
     with pytest.raises(StageError, match="digits, faces"):
@@ -32,7 +32,9 @@ def test_merge_callback_state_and_idempotence(tiny_config):
     assert sorted(results) == sorted(["task_arithmetic", "pact+task_arithmetic", "iso_c", "pact+iso_c"])
     for entry in results.values():
         assert set(entry["metrics"]["test"]) == {"digits", "faces"}
-        assert entry["alpha_search"]["evaluations"] >= 1
+        assert entry["alpha_search"]["evaluations"] == 3  # the configured grid, searched whole
+        assert sorted(map(float, entry["alpha_search"]["curve"])) == [0.5, 1.5, 2.5]
+        assert entry["alpha"] in (0.5, 1.5, 2.5)
 
     # Lightning's checkpoint carries the state: a restored callback knows every result
     restored = _study(cfg).merge_callback()

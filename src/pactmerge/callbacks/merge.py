@@ -24,7 +24,8 @@ from torch import nn
 from pactmerge.checkpoints import CheckpointStore
 from pactmerge.errors import StageError
 from pactmerge.fileio import sha256_file, write_json_atomic
-from pactmerge.merging import KeyPolicy, alpha_grid, merge_files
+from pactmerge.merging import KeyPolicy, merge_files
+from pactmerge.merging import alpha_grid as default_alpha_grid
 from pactmerge.pipeline.alpha import search_alpha
 from pactmerge.pipeline.evaluate import evaluate_encoder, summarize
 
@@ -82,16 +83,19 @@ class MergeCallback(pl.Callback):
         logit_scale: the heads' logit scale.
         key_policy: which keys are matrices (``conv_as_matrix`` for CNN towers).
         alpha_search: ``coarse_to_fine``, ``grid`` or ``fixed``; ``alpha`` is the fixed value.
+        alpha_grid: the α values searched instead of each method's default grid.
     """
 
     def __init__(self, store: CheckpointStore, tasks: list[str], specs: list[MergeSpec], *, encoder: nn.Module,
                  heads: Mapping[str, Any], datamodules: Mapping[str, Any], logit_scale: float,
                  key_policy: KeyPolicy | None = None, alpha_search: str = "coarse_to_fine",
-                 alpha: float | None = None, device: str = "auto") -> None:
+                 alpha: float | None = None, alpha_grid: list[float] | None = None,
+                 device: str = "auto") -> None:
         self.store, self.tasks, self.specs = store, list(tasks), list(specs)
         self.encoder, self.heads, self.datamodules = encoder, heads, datamodules
         self.logit_scale, self.key_policy = logit_scale, key_policy or KeyPolicy()
         self.alpha_mode, self.alpha, self.device = alpha_search, alpha, device
+        self.alpha_grid = list(alpha_grid) if alpha_grid else None
         self._results: dict[str, dict[str, Any]] = {}
 
     # -- Lightning hooks -------------------------------------------------------------------
@@ -170,7 +174,9 @@ class MergeCallback(pl.Callback):
             return summarize(accs)["avg_absolute"]
 
         t1 = time.perf_counter()
-        grid = alpha_grid(spec.method)
+        grid = default_alpha_grid(spec.method)
+        if self.alpha_grid and len(grid) > 1:  # weight averaging keeps its single α = 1
+            grid = self.alpha_grid
         mode = self.alpha_mode if len(grid) > 1 else "fixed"
         fixed = self.alpha if self.alpha is not None else res.default_alpha
         search = search_alpha(val_score, grid, mode, fixed=fixed)

@@ -68,6 +68,9 @@ class MergeConfig:
     exclude: list[str] = field(default_factory=list)
     alpha_search: Literal["coarse_to_fine", "grid", "fixed"] = "coarse_to_fine"
     alpha: float | None = None  # used when alpha_search is "fixed"; default: the method's default
+    # the α values searched; default: each method's grid from the specification
+    # (0.0..2.0 step 0.1; 0.05..1.0 step 0.05 for TA and TIES)
+    alpha_grid: list[float] | None = None
     device: str = "auto"
 
 

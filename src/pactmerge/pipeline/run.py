@@ -227,7 +227,7 @@ class Study:
             self.store, self.tasks, specs, encoder=self.loaded.encoder, heads=self.heads(),
             datamodules=self.datamodules, logit_scale=self.loaded.logit_scale,
             key_policy=KeyPolicy(conv_as_matrix=m.conv_as_matrix, exclude=tuple(m.exclude)),
-            alpha_search=m.alpha_search, alpha=m.alpha, device=m.device,
+            alpha_search=m.alpha_search, alpha=m.alpha, alpha_grid=m.alpha_grid, device=m.device,
         )
 
     def merge(self) -> dict[str, Any]:
