@@ -6,28 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from pactmerge.fileio import atomic_path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
+from pactmerge.figures import pyplot, save_png
 
 
 def heatmap(matrix: list[list[float]], tasks: list[str], title: str, path: Path, *, vmax: float | None = None) -> Path:
     """A T×T heatmap with the values written in the cells; rows and columns are ``tasks``."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(tasks)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
     im = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=vmax)
@@ -41,12 +25,12 @@ def heatmap(matrix: list[list[float]], tasks: list[str], title: str, path: Path,
             ax.text(j, i, f"{matrix[i][j]:.2f}", ha="center", va="center", color=color, fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def intrusion_plot(by_group: Mapping[str, Mapping[str, Mapping[str, float]]], title: str, xlabel: str, path: Path) -> Path:
     """E_in per group (layer or component) for every task, before (solid) and after PACT (dashed)."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = list(by_group)
     tasks = list(next(iter(by_group.values()))) if groups else []
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(groups) + 2), 3.6))
@@ -60,12 +44,12 @@ def intrusion_plot(by_group: Mapping[str, Mapping[str, Mapping[str, float]]], ti
     ax.set_title(title + " (solid: before PACT, dashed: after)", fontsize=9)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def perturbation_plot(curves: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     """Accuracy against noise strength per task: LBW mask (solid) vs random mask (dashed)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for i, (t, c) in enumerate(curves.items()):
         color = f"C{i % 10}"
@@ -75,7 +59,7 @@ def perturbation_plot(curves: Mapping[str, Mapping[str, Any]], path: Path) -> Pa
     ax.set_ylabel("top-1 accuracy")
     ax.set_title("noise on the pre-trained weights each task kept", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def report_figures(report: Mapping[str, Any], out_dir: Path) -> list[Path]:

@@ -8,27 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pactmerge.fileio import atomic_path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
+from pactmerge.figures import pyplot, save_png
 
 
 def write_plots(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, Path]:
-    plt = _pyplot()
+    plt = pyplot()
     out = {}
     plot_dir = run_dir / "plots"
 
@@ -42,7 +26,7 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str]) -> 
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title("Per-task accuracy by model")
     ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
-    out["per_task"] = _save(fig, plot_dir / "per_task_accuracy.png")
+    out["per_task"] = save_png(fig, plot_dir / "per_task_accuracy.png")
 
     # 2. validation accuracy against alpha, one curve per merge
     merged = [r for r in rows if r["kind"] == "merged" and r.get("alpha_search")]
@@ -55,7 +39,7 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str]) -> 
     ax.set_ylabel("mean validation accuracy (%)")
     ax.set_title("Choosing α on validation data")
     ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
-    out["alpha"] = _save(fig, plot_dir / "alpha_curves.png")
+    out["alpha"] = save_png(fig, plot_dir / "alpha_curves.png")
 
     # 3. joint vs sequential vs the best merge
     picks = [r for r in rows if r["kind"] in ("individual", "joint", "sequential")]
@@ -66,7 +50,7 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str]) -> 
     ax.bar(names, [100 * r["avg_absolute"] for r in picks], color=["#888", "#1f77b4", "#ff7f0e", "#2ca02c"][: len(picks)])
     ax.set_ylabel("average test accuracy (%)")
     ax.set_title("Joint vs sequential fine-tuning vs the best merge")
-    out["comparison"] = _save(fig, plot_dir / "joint_sequential_merge.png")
+    out["comparison"] = save_png(fig, plot_dir / "joint_sequential_merge.png")
 
     # 4. PACT intrusion energy per layer, before and after
     layers = _intrusion_by_layer(run_dir, merged)
@@ -79,7 +63,7 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str]) -> 
         ax.set_ylabel("intrusion energy E_in (mean over tasks and keys)")
         ax.set_title("PACT: task-vector energy in the pre-trained core")
         ax.legend()
-        out["intrusion"] = _save(fig, plot_dir / "pact_intrusion_energy.png")
+        out["intrusion"] = save_png(fig, plot_dir / "pact_intrusion_energy.png")
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -116,9 +115,3 @@ def write_report(run_dir: str | Path, tasks: list[str] | None = None) -> dict[st
     log.info("report written to %s", run_dir)
     return paths
 
-
-def load_diagnostics(run_dir: Path, row: dict[str, Any]) -> dict[str, Any] | None:
-    rel = row.get("diagnostics_file")
-    if not rel or not (run_dir / rel).is_file():
-        return None
-    return json.loads((run_dir / rel).read_text())
