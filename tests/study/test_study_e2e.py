@@ -89,7 +89,8 @@ def test_stage_without_inputs_names_the_stage_to_run(tiny_config, capsys):
 
 
 def test_killed_run_resumes_and_finishes(tiny_config, tmp_path):
-    cfg = tiny_config(recipe={"lr": 0.001, "batch_size": 16, "warmup_steps": 2, "max_steps": 12,
+    # long enough that the first checkpoint (step 2) comes well before the fit ends
+    cfg = tiny_config(recipe={"lr": 0.001, "batch_size": 16, "warmup_steps": 2, "max_steps": 400,
                               "ckpt_every_n_steps": 2, "log_every_n_steps": 2},
                       comparisons={"joint": False, "sequential": False},
                       merge={"methods": ["task_arithmetic"], "pact": ["none"]})
@@ -100,7 +101,7 @@ def test_killed_run_resumes_and_finishes(tiny_config, tmp_path):
     ckpt = run / "lightning" / "finetuned" / "digits" / "last.ckpt"
     deadline = time.time() + 240
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.02)
     assert ckpt.exists(), "no Lightning checkpoint appeared before the kill"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -109,4 +110,4 @@ def test_killed_run_resumes_and_finishes(tiny_config, tmp_path):
     assert main(["run", str(cfg)]) == 0
     entries = _manifest(run)["entries"]
     assert "finetuned/digits" in entries and "merged/task_arithmetic" in entries
-    assert entries["finetuned/digits"]["steps"] == 12
+    assert entries["finetuned/digits"]["steps"] == 400
