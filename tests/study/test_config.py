@@ -70,3 +70,20 @@ def test_shipped_benchmark_configs_load_and_name_known_tasks():
         cfg = load_config(path)
         assert cfg.model.pretrained == "openai"
         assert len(resolve_tasks(cfg)) == int(cfg.tasks.benchmark)
+
+
+def test_run_recorded_before_an_option_existed_still_matches(tmp_path):
+    import json
+
+    from pactmerge.pipeline.run import Study
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "tasks.names=[digits]"])
+    Study(cfg)
+    info_path = tmp_path / "run" / "run.json"
+    info = json.loads(info_path.read_text())
+    del info["config"]["merge"]["alpha_grid"]  # as written by a version without the option
+    del info["identity"]["merge"]["alpha_grid"]
+    info_path.write_text(json.dumps(info))
+    Study(cfg)  # same config: accepted
+    with pytest.raises(ConfigError, match=r"differs at: recipe\.lr"):
+        Study(load_config(None, [f"output_dir={tmp_path / 'run'}", "tasks.names=[digits]", "recipe.lr=0.1"]))

@@ -21,7 +21,7 @@ from typing import Any
 from pactmerge.checkpoints import CheckpointStore
 from pactmerge.errors import ConfigError, StageError
 from pactmerge.fileio import write_json_atomic, write_text_atomic
-from pactmerge.pipeline.config import RunConfig
+from pactmerge.pipeline.config import RunConfig, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,15 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _recorded_identity(info: dict[str, Any], where: Path) -> dict[str, Any]:
+    """The identity of a recorded run, re-read through today's config types, so that an
+    option added since (absent from the record) compares at its default."""
+    try:
+        return from_dict(RunConfig, info["config"], where=str(where)).identity()
+    except (KeyError, ConfigError):
+        return info.get("identity", {})
+
+
 class Study:
     """One run directory and the stages that fill it. See the module docstring."""
 
@@ -67,9 +76,9 @@ class Study:
         identity = self.cfg.identity()
         if info_path.is_file():
             old = json.loads(info_path.read_text())
-            if old.get("identity") == identity:
+            diff = _diff_keys(_recorded_identity(old, info_path), identity)
+            if not diff:
                 return
-            diff = _diff_keys(old.get("identity", {}), identity)
             if not force:
                 raise ConfigError(
                     f"{self.run_dir} holds a run of a different config (differs at: {', '.join(diff[:8])}); "
