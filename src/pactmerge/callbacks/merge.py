@@ -143,30 +143,31 @@ class MergeCallback(pl.Callback):
             )
         self._results.update(self._stored_results())
         todo = [s for s in self.specs if s.id not in self._results]
+        inputs = self._verified_inputs() if todo else None  # hash and load the shared inputs once
         from tqdm.auto import tqdm
 
         with tqdm(todo, desc="merging", unit="merge", disable=not todo) as bar:
             for spec in bar:
                 bar.set_postfix_str(spec.id)
-                self._results[spec.id] = self.run_one(spec)
+                self._results[spec.id] = self.run_one(spec, inputs)
         return self.results
 
-    def _verified_paths(self) -> tuple[str, list[str]]:
+    def _verified_inputs(self) -> tuple[str, list[str], dict[str, Any]]:
+        """(pre-trained path, fine-tuned paths, pre-trained state), every file checked against its sha256."""
         names = ["pretrained"] + [f"finetuned/{t}" for t in self.tasks]
         for name in names:
             entry, path = self.store.entry(name), self.store.path(name)
             if sha256_file(path) != entry["sha256"]:
                 raise StageError(f"{path}: contents changed since they were stored (sha256 mismatch); re-run its stage")
         paths = [str(self.store.path(n)) for n in names]
-        return paths[0], paths[1:]
+        return paths[0], paths[1:], self.store.load_state("pretrained")
 
-    def run_one(self, spec: MergeSpec) -> dict[str, Any]:
-        pre_path, ft_paths = self._verified_paths()
+    def run_one(self, spec: MergeSpec, inputs: tuple[str, list[str], dict[str, Any]] | None = None) -> dict[str, Any]:
+        pre_path, ft_paths, pretrained = inputs or self._verified_inputs()
         t0 = time.perf_counter()
         res = merge_files(pre_path, ft_paths, spec.method, params=spec.params, key_policy=self.key_policy,
                           device=self.device)
         merge_s = time.perf_counter() - t0
-        pretrained = self.store.load_state("pretrained")
 
         def val_score(alpha: float) -> float:
             accs = evaluate_encoder(self.encoder, res.apply(pretrained, alpha), self.heads, self.datamodules,

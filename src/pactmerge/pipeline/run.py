@@ -128,8 +128,11 @@ class Study:
         return {t: self.datamodule(t) for t in self.tasks}
 
     def heads(self) -> dict[str, Any]:
-        self.prepare()
-        return {t: self.store.load_head(t) for t in self.tasks}
+        """Task -> frozen (C, D) head, prepared and read from the store once per study."""
+        if "_heads" not in self.__dict__:
+            self.prepare()
+            self._heads = {t: self.store.load_head(t) for t in self.tasks}
+        return self._heads
 
     # -- stages ----------------------------------------------------------------------------
     def prepare(self) -> None:
