@@ -166,11 +166,11 @@ def test_params_are_validated(models):
     pre, fts = models
     with pytest.raises(MergeError, match="unknown parameter 'K'.*valid parameters are"):
         merge(pre, fts, "tsvm", params={"K": 3})
-    with pytest.raises(MergeError, match="'k' must be a number"):
-        merge(pre, fts, "ties", params={"k": "20"})
-    with pytest.raises(MergeError, match="'protect' must be one of"):
+    with pytest.raises(MergeError, match="parameter 'k': expects a number"):
+        merge(pre, fts, "ties", params={"k": "lots"})
+    with pytest.raises(MergeError, match="parameter 'protect': must be one of"):
         merge(pre, fts, "pact+tsvm", params={"protect": "none"})
-    with pytest.raises(MergeError, match="'svd' must be one of"):
+    with pytest.raises(MergeError, match="parameter 'svd': must be one of"):
         merge(pre, fts, "tsvm", params={"svd": "fast"})
     res = merge(pre, fts, "pact+ties", params={"K": 2, "k": 1, "k": 1, "threshold_scope": "per_key", "seed": 3})
     assert res.params["threshold_scope"] == "per_key" and res.params["K"] == 2 and res.params["seed"] == 3

@@ -4,7 +4,7 @@
     merged_sd = res.apply(pretrained_sd, alpha)
 """
 
-from pactmerge.merging.engine import MergeResult, merge, merge_files
+from pactmerge.merging.engine import MergeResult, merge, merge_files, resolve_device
 from pactmerge.merging.keys import KeyPolicy, layer_of
 from pactmerge.merging.linalg import orth, randomized_svd
 from pactmerge.merging.pact import PACTConfig, intrusion_energy, pact_filter
@@ -31,4 +31,5 @@ __all__ = [
     "orth",
     "pact_filter",
     "randomized_svd",
+    "resolve_device",
 ]

@@ -93,15 +93,28 @@ def merge_files(
     return _Engine(pre, fts, method, params, key_policy, device, compute_dtype, cacheable=False).run()
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``device``: ``"auto"`` is CUDA when available, else the CPU.
+
+    ``MergeError`` for a string that is not a torch device, or for CUDA asked for without CUDA.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise MergeError(f"device {device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MergeError(f"device {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise MergeError(f"device {device!r}: merges run on 'cpu' or 'cuda' (or 'auto'), not {dev.type!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MergeError(f"device {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MergeError(
+                f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s); use 'cuda' or 'cuda:0'"
+            )
     return dev
 
 
@@ -113,7 +126,7 @@ class _Engine:
         self.mparams, self.pact_cfg, self.resolved = resolve_params(self.spec, params)
         self.pre, self.fts = pre, list(fts)
         self.policy = key_policy or KeyPolicy()
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.dtype = compute_dtype
         self.cacheable = cacheable
         self.timings: dict[str, float] = defaultdict(float)

@@ -12,7 +12,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
+from pactmerge.coerce import coerce
 from pactmerge.errors import MergeError
+
+MAX_POWER_ITERS = 100  # more power iterations than this gain nothing and only cost time
+MAX_OVERSAMPLE = 1000
+SEED_LIMIT = 2**63  # seeds are torch generator seeds: 0 <= seed < 2**63
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,12 @@ class SVDOptions:
     seed: int = 0
 
     def check(self) -> None:
-        if self.oversample < 0 or self.power_iters < 0:
-            raise MergeError("oversample and power_iters must be >= 0")
+        if not 0 <= self.oversample <= MAX_OVERSAMPLE:
+            raise MergeError(f"oversample must be in [0, {MAX_OVERSAMPLE}], got {self.oversample}")
+        if not 0 <= self.power_iters <= MAX_POWER_ITERS:
+            raise MergeError(f"power_iters must be in [0, {MAX_POWER_ITERS}], got {self.power_iters}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise MergeError(f"seed must be in [0, 2**63), got {self.seed}")
 
 
 def param_names(cls: type) -> list[str]:
@@ -56,7 +65,10 @@ def parse_params(cls: type, params: Mapping[str, Any] | None, method: str, extra
     values = {}
     for name in names:
         if name in params:
-            values[name] = _coerce(params[name], hints[name], name, method)
+            try:
+                values[name] = coerce(params[name], hints[name], f"method {method!r}: parameter {name!r}")
+            except ValueError as exc:
+                raise MergeError(str(exc)) from None
     obj = cls(**values)
     check = getattr(obj, "check", None)
     if check is not None:
@@ -65,31 +77,3 @@ def parse_params(cls: type, params: Mapping[str, Any] | None, method: str, extra
         except MergeError as exc:
             raise MergeError(f"method {method!r}: {exc}") from None
     return obj
-
-
-def _coerce(value: Any, hint: Any, name: str, method: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise MergeError(
-                f"method {method!r}: parameter {name!r} must be one of {', '.join(map(repr, choices))}, got {value!r}"
-            )
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise MergeError(f"method {method!r}: parameter {name!r} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MergeError(f"method {method!r}: parameter {name!r} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MergeError(f"method {method!r}: parameter {name!r} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise MergeError(f"method {method!r}: parameter {name!r} must be a string, got {value!r}")
-        return value
-    return value
