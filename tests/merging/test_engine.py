@@ -21,20 +21,20 @@ from pactmerge.merging import (
 PACT_SMALL = {"K": 2, "k": 1}
 
 
-def _params(method):
+def _pact(method):
     return dict(PACT_SMALL) if method.startswith("pact+") else None
 
 
 @pytest.mark.parametrize("method", available_methods())
 def test_every_method_keeps_shapes_dtypes_and_is_deterministic(method, models):
     pre, fts = models
-    res = merge(pre, fts, method, params=_params(method))
+    res = merge(pre, fts, method, pact=_pact(method))
     floats = [k for k, v in pre.items() if v.is_floating_point()]
     assert list(res.tau) == floats
     for k in floats:
         assert res.tau[k].shape == pre[k].shape and res.tau[k].dtype == torch.float32
         assert torch.isfinite(res.tau[k]).all()
-    again = merge(pre, fts, method, params=_params(method))
+    again = merge(pre, fts, method, pact=_pact(method))
     assert all(torch.equal(res.tau[k], again.tau[k]) for k in floats)
     json.dumps({"params": res.params, "diagnostics": res.diagnostics, "timings": res.timings})
     merged = res.apply(pre, 0.5)
@@ -47,8 +47,8 @@ def test_every_method_keeps_shapes_dtypes_and_is_deterministic(method, models):
 def test_task_order_does_not_matter(method, models):
     pre, fts = models
     assert get_method(method).symmetric
-    a = merge(pre, fts, method, params=_params(method))
-    b = merge(pre, fts[::-1], method, params=_params(method))
+    a = merge(pre, fts, method, pact=_pact(method))
+    b = merge(pre, fts[::-1], method, pact=_pact(method))
     for k in a.tau:
         assert torch.allclose(a.tau[k], b.tau[k], rtol=1e-4, atol=1e-5), k
 
@@ -58,7 +58,7 @@ def test_task_order_does_not_matter(method, models):
 def test_half_precision_inputs(method, dtype, models):
     pre, fts = models
     cast = lambda sd: {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
-    res = merge(cast(pre), [cast(f) for f in fts], method, params=_params(method))
+    res = merge(cast(pre), [cast(f) for f in fts], method, pact=_pact(method))
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in res.tau.values())
     merged = res.apply(cast(pre))
     assert all(merged[k].dtype == (dtype if pre[k].is_floating_point() else pre[k].dtype) for k in pre)
@@ -72,8 +72,8 @@ def test_streaming_from_files_equals_in_memory(method, models, tmp_path):
     for i, f in enumerate(fts):
         paths.append(tmp_path / f"ft{i}.safetensors")
         save_file(f, str(paths[-1]))
-    mem = merge(pre, fts, method, params=_params(method))
-    disk = merge_files(tmp_path / "pre.safetensors", paths, method, params=_params(method))
+    mem = merge(pre, fts, method, pact=_pact(method))
+    disk = merge_files(tmp_path / "pre.safetensors", paths, method, pact=_pact(method))
     assert list(mem.tau) == list(pre.keys())[:-1]  # the pre-trained order, integer buffer excluded
     assert sorted(mem.tau) == sorted(disk.tau)
     assert all(torch.equal(mem.tau[k], disk.tau[k]) for k in mem.tau)  # bitwise
@@ -82,8 +82,8 @@ def test_streaming_from_files_equals_in_memory(method, models, tmp_path):
 
 def test_float64_compute_dtype_agrees(models):
     pre, fts = models
-    a = merge(pre, fts, "pact+tsvm", params=PACT_SMALL)
-    b = merge(pre, fts, "pact+tsvm", params=PACT_SMALL, compute_dtype=torch.float64)
+    a = merge(pre, fts, "pact+tsvm", pact=PACT_SMALL)
+    b = merge(pre, fts, "pact+tsvm", pact=PACT_SMALL, compute_dtype=torch.float64)
     for k in a.tau:
         assert torch.allclose(a.tau[k], b.tau[k], rtol=1e-4, atol=1e-6)
     a = merge(pre, fts, "ties")
@@ -126,7 +126,7 @@ def test_conv_as_matrix_changes_svd_methods_only_when_asked(models):
 
 def test_pact_include_restricts_pact(models):
     pre, fts = models
-    res = merge(pre, fts, "pact+task_arithmetic", params={"K": 2, "k": 1}, key_policy=KeyPolicy(pact_include=("proj",)))
+    res = merge(pre, fts, "pact+task_arithmetic", pact={"K": 2, "k": 1}, key_policy=KeyPolicy(pact_include=("proj",)))
     assert list(res.diagnostics["pact"]["keys"]) == ["proj"]
     ta = merge(pre, fts, "task_arithmetic")
     key = "transformer.resblocks.0.mlp.c_fc.weight"
@@ -164,16 +164,17 @@ def test_registry_names_aliases_and_grids():
 
 def test_params_are_validated(models):
     pre, fts = models
-    with pytest.raises(MergeError, match="unknown parameter 'K'.*valid parameters are"):
-        merge(pre, fts, "tsvm", params={"K": 3})
+    with pytest.raises(MergeError, match="unknown parameter 'q'.*valid parameters are: oversample, power_iters"):
+        merge(pre, fts, "tsvm", params={"q": 3})
     with pytest.raises(MergeError, match="parameter 'k': expects a number"):
         merge(pre, fts, "ties", params={"k": "lots"})
     with pytest.raises(MergeError, match="parameter 'protect': must be one of"):
-        merge(pre, fts, "pact+tsvm", params={"protect": "none"})
+        merge(pre, fts, "pact+tsvm", pact={"protect": "none"})
     with pytest.raises(MergeError, match="parameter 'svd': must be one of"):
         merge(pre, fts, "tsvm", params={"svd": "fast"})
-    res = merge(pre, fts, "pact+ties", params={"K": 2, "k": 1, "k": 1, "threshold_scope": "per_key", "seed": 3})
-    assert res.params["threshold_scope"] == "per_key" and res.params["K"] == 2 and res.params["seed"] == 3
+    res = merge(pre, fts, "pact+ties", params={"threshold_scope": "per_key", "seed": 3}, pact={"K": 2, "k": 1})
+    assert res.params["threshold_scope"] == "per_key" and res.params["seed"] == 3 and res.params["k"] == 20.0
+    assert res.pact_params["K"] == 2 and res.pact_params["k"] == 1 and "seed" not in res.pact_params
 
 
 def test_bad_inputs_name_the_key_and_the_model(models, tmp_path):
@@ -195,9 +196,9 @@ def test_bad_inputs_name_the_key_and_the_model(models, tmp_path):
         merge(pre, [nan], "ta")
     zero_pre = dict(pre, proj=torch.zeros(12, 8))
     with pytest.raises(MergeError, match="'proj' is all zeros"):
-        merge(zero_pre, fts, "pact+tsvm", params=PACT_SMALL)
+        merge(zero_pre, fts, "pact+tsvm", pact=PACT_SMALL)
     with pytest.raises(MergeError, match="K=9 is larger than min"):
-        merge(pre, fts, "pact+tsvm", params={"K": 9})
+        merge(pre, fts, "pact+tsvm", pact={"K": 9})
     save_file(pre, str(tmp_path / "pre.safetensors"))
     save_file(dict(fts[0], proj=torch.zeros(3, 3)), str(tmp_path / "ft.safetensors"))
     with pytest.raises(MergeError, match=r"'proj' has shape \[3, 3\] in .*ft.safetensors"):
@@ -219,7 +220,7 @@ def test_alpha_zero_returns_the_pretrained_model(models):
 
 def test_larger_encoder_smoke(make_models):
     pre, fts = make_models(width=24, layers=1, T=5)
-    res = merge(pre, fts, "pact+iso_cts", params={"K": 3, "k": 2, "svd": "randomized"})
+    res = merge(pre, fts, "pact+iso_cts", params={"svd": "randomized"}, pact={"K": 3, "k": 2})
     assert res.diagnostics["pact"]["overall"]["entries"] == 5 * len(res.diagnostics["pact"]["keys"])
 
 

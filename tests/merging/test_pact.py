@@ -137,7 +137,7 @@ def test_rank_modes_fraction_and_energy():
 
 def test_pact_diagnostics_in_merge_result(models):
     pre, fts = models
-    res = merge(pre, fts, "pact+tsvm", params={"K": 2, "k": 1})
+    res = merge(pre, fts, "pact+tsvm", pact={"K": 2, "k": 1})
     diag = res.diagnostics["pact"]
     assert "transformer.resblocks.0.attn.in_proj_weight" in diag["keys"]
     assert len(diag["keys"]["transformer.resblocks.0.attn.in_proj_weight"]) == 3

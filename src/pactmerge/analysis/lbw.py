@@ -128,8 +128,11 @@ def make_pact_config(params: Mapping[str, Any], shape: tuple[int, int] | None = 
 def _pact_clean(w0: Tensor, taus: list[Tensor], cfg: LBWConfig, key: str) -> tuple[list[Tensor], list[dict]]:
     from pactmerge.merging import pact_filter
 
-    pcfg = make_pact_config({"svd": cfg.svd, **cfg.pact_params, "K": cfg.K, "k": cfg.k}, tuple(w0.shape))
-    cleaned, diags = pact_filter(w0.to(torch.float64), [t.to(torch.float64) for t in taus], pcfg, key)
+    from pactmerge.merging import SVDOptions
+
+    pcfg = make_pact_config({**cfg.pact_params, "K": cfg.K, "k": cfg.k}, tuple(w0.shape))
+    svd = SVDOptions(svd=cfg.svd)
+    cleaned, diags = pact_filter(w0.to(torch.float64), [t.to(torch.float64) for t in taus], pcfg, key, svd=svd)
     return [c.to(torch.float64) for c in cleaned], list(diags)
 
 

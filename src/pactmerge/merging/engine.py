@@ -20,6 +20,8 @@ from torch import Tensor
 
 from pactmerge.errors import MergeError
 from pactmerge.merging import pact as pact_mod
+from pactmerge.merging.pact import PACTConfig
+from pactmerge.merging.params import svd_options
 from pactmerge.merging.keys import KeyPolicy, matrix_shape
 from pactmerge.merging.registry import get_method, resolve_params
 from pactmerge.merging.sources import DictSource, check_finite, open_source, validate_sources
@@ -37,8 +39,10 @@ class MergeResult:
     """A merged task vector and how it was made.
 
     ``tau``: key -> float32 CPU tensor for every floating-point key (integer buffers excluded).
-    ``params``: the resolved hyper-parameters (JSON-able). ``diagnostics``: JSON-able
-    (``diagnostics["pact"]`` for ``pact+`` methods). ``timings``: seconds per phase.
+    ``params``: the resolved method parameters, SVD options included (JSON-able).
+    ``pact_params``: the resolved PACT parameters for ``pact+`` methods, else None.
+    ``diagnostics``: JSON-able (``diagnostics["pact"]`` for ``pact+`` methods). ``timings``:
+    seconds per phase.
     """
 
     method: str
@@ -47,6 +51,7 @@ class MergeResult:
     default_alpha: float
     diagnostics: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    pact_params: dict | None = None
 
     def apply(self, pretrained: Mapping[str, Tensor], alpha: float | None = None) -> dict[str, Tensor]:
         """``theta0 + alpha * tau`` (``default_alpha`` when ``alpha`` is None), in ``theta0``'s dtypes;
@@ -60,18 +65,33 @@ def merge(
     method: str,
     *,
     params: Mapping[str, Any] | None = None,
+    pact: PACTConfig | Mapping[str, Any] | None = None,
     key_policy: KeyPolicy | None = None,
     device: str = "auto",
     compute_dtype: torch.dtype = torch.float32,
+    task_ids: Sequence[str] | None = None,
+    batch_bytes: int | None = None,
 ) -> MergeResult:
     """Merge in-memory state dicts. ``finetuned`` are T state dicts with the pre-trained keys and shapes.
+
+    ``params``: the method's parameters and the merge-wide SVD options (``svd``, ``oversample``,
+    ``power_iters``, ``seed``). ``pact``: PACT's parameters (``PACTConfig`` or mapping; also
+    accepted as ``params["pact"]``), only for ``pact+`` methods. ``task_ids``: one stable
+    identity string per fine-tuned model (e.g. its file's sha256); they seed the randomized
+    SVDs' test matrices, so the result does not depend on the order of ``finetuned``. Without
+    them a content fingerprint of each model is used (see ``sources.fingerprint``).
+    ``batch_bytes``: task-vector bytes per batch of same-shape matrix keys (default per device);
+    it changes speed and memory only, never the result beyond rounding.
 
     Raises ``MergeError`` for an unknown method or parameter, mismatched keys or shapes (naming the
     key and ``model i``, 1-based), NaN/Inf inputs, or an empty list.
     """
     pre = DictSource(pretrained, "the pre-trained model")
     fts = [DictSource(sd, f"model {i + 1}") for i, sd in enumerate(finetuned)]
-    return _Engine(pre, fts, method, params, key_policy, device, compute_dtype, cacheable=True).run()
+    return _Engine(
+        pre, fts, method, params, pact, key_policy, device, compute_dtype, cacheable=True,
+        task_ids=task_ids, batch_bytes=batch_bytes,
+    ).run()
 
 
 def merge_files(
@@ -80,17 +100,24 @@ def merge_files(
     method: str,
     *,
     params: Mapping[str, Any] | None = None,
+    pact: PACTConfig | Mapping[str, Any] | None = None,
     key_policy: KeyPolicy | None = None,
     device: str = "auto",
     compute_dtype: torch.dtype = torch.float32,
+    task_ids: Sequence[str] | None = None,
+    batch_bytes: int | None = None,
 ) -> MergeResult:
     """Streaming ``merge`` over checkpoint files: safetensors files are read key by key.
 
-    Same result as ``merge`` on the loaded state dicts. File problems raise ``CheckpointError``.
+    Same keywords as ``merge``, and the same result (bitwise) as ``merge`` on the loaded state
+    dicts given the same ``task_ids``. File problems raise ``CheckpointError``.
     """
     pre = open_source(pretrained, str(pretrained))
     fts = [open_source(p, str(p)) for p in finetuned]
-    return _Engine(pre, fts, method, params, key_policy, device, compute_dtype, cacheable=False).run()
+    return _Engine(
+        pre, fts, method, params, pact, key_policy, device, compute_dtype, cacheable=False,
+        task_ids=task_ids, batch_bytes=batch_bytes,
+    ).run()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -119,12 +146,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 class _Engine:
-    def __init__(self, pre, fts, method, params, key_policy, device, compute_dtype, cacheable):
+    def __init__(self, pre, fts, method, params, pact, key_policy, device, compute_dtype, cacheable,
+                 task_ids=None, batch_bytes=None):
         if compute_dtype not in (torch.float32, torch.float64):
             raise MergeError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
         self.spec = get_method(method)
-        self.mparams, self.pact_cfg, self.resolved = resolve_params(self.spec, params)
+        self.mparams, self.pact_cfg, self.resolved, self.pact_resolved = resolve_params(self.spec, params, pact)
+        self.svd = svd_options(self.mparams)
         self.pre, self.fts = pre, list(fts)
+        if task_ids is not None:
+            task_ids = [str(t) for t in task_ids]
+            if len(task_ids) != len(self.fts):
+                raise MergeError(f"task_ids has {len(task_ids)} entries for {len(self.fts)} fine-tuned models")
+        self.task_ids = task_ids
+        if batch_bytes is not None and not (isinstance(batch_bytes, int) and batch_bytes > 0):
+            raise MergeError(f"batch_bytes must be a positive integer, got {batch_bytes!r}")
+        self.batch_bytes = batch_bytes
         self.policy = key_policy or KeyPolicy()
         self.device = resolve_device(device)
         self.dtype = compute_dtype
@@ -132,6 +169,9 @@ class _Engine:
         self.timings: dict[str, float] = defaultdict(float)
         self._cache: dict[int, Tensor] | None = None
         self._pact_diag: dict[str, list[dict]] = {}
+
+    def _pact_applies(self, key: str) -> bool:
+        return self.spec.pact and self.policy.pact_applies(key) and self.pact_cfg.applies(key)
 
     # -- planning ---------------------------------------------------------------------------
     def _plan(self) -> list[tuple[str, list[str]]]:
@@ -141,7 +181,7 @@ class _Engine:
         depend on the order in which a source lists its keys (safetensors files sort them).
         """
         T = len(self.fts)
-        budget = _BATCH_BYTES.get(self.device.type, _BATCH_BYTES["cpu"])
+        budget = self.batch_bytes or _BATCH_BYTES.get(self.device.type, _BATCH_BYTES["cpu"])
         itemsize = torch.finfo(self.dtype).bits // 8
         items, open_batch = [], {}
         for key in sorted(self.pre.keys()):
@@ -152,7 +192,7 @@ class _Engine:
             if kind == "vector":
                 items.append(("vector", [key]))
                 continue
-            group = (meta.shape, self.spec.pact and self.policy.pact_applies(key))
+            group = (meta.shape, self._pact_applies(key))
             size = T * itemsize * max(1, int(torch.tensor(meta.shape).prod()))
             batch = open_batch.get(group)
             if batch is None or (len(batch) + 1) * size > budget:
@@ -192,9 +232,9 @@ class _Engine:
                 T, B = taus.shape[:2]
                 m, n = matrix_shape(tuple(taus.shape[2:]))
                 taus, base = taus.reshape(T, B, m, n), base.reshape(B, m, n)
-                if self.spec.pact and self.policy.pact_applies(keys[0]):
+                if self._pact_applies(keys[0]):
                     t0 = time.perf_counter()
-                    taus, diags = pact_mod.pact_filter_batch(base, taus, self.pact_cfg, keys)
+                    taus, diags = pact_mod.pact_filter_batch(base, taus, self.pact_cfg, keys, self.svd)
                     self._sync()
                     self.timings["pact"] += time.perf_counter() - t0
                     if record:
@@ -256,4 +296,5 @@ class _Engine:
             default_alpha=self.spec.default_alpha,
             diagnostics=diagnostics,
             timings=dict(self.timings),
+            pact_params=self.pact_resolved,
         )

@@ -20,6 +20,7 @@ may use a randomized SVD (``svd="randomized"``); steps 3-4 are exact.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -33,11 +34,15 @@ from pactmerge.merging.params import SVDOptions
 
 
 @dataclass(frozen=True)
-class PACTConfig(SVDOptions):
-    """PACT hyper-parameters (defaults: the paper's K = 15, k = 8).
+class PACTConfig:
+    """PACT's own hyper-parameters (defaults: the paper's K = 15, k = 8).
 
-    ``rank_mode="energy"`` reads the ranks off the exact singular-value spectrum (even with
-    ``svd="randomized"``, which then only computes the vectors).
+    PACT's namespace: these never share a mapping with the base method's parameters (TIES'
+    ``k`` is a percentage, PACT's ``k`` a rank). How the truncated SVDs are computed (``svd``,
+    ``oversample``, ``power_iters``, ``seed``) is a merge-wide ``SVDOptions`` that PACT and the
+    base method share; it is passed separately. ``include`` / ``exclude``: fnmatch patterns
+    of the matrix keys PACT cleans (on top of ``KeyPolicy.pact_include``); the base method
+    still merges every key.
     """
 
     K: int = 15  # pre-trained core rank (rank_mode="fixed")
@@ -49,17 +54,24 @@ class PACTConfig(SVDOptions):
     tau_task: float = 0.95  # energy share of ||tau_t||_F^2 kept by V_t
     protect: Literal["others", "self", "all"] = "others"
     guard: float = 0.5  # leave a key unchanged when dim(P_j) > guard * n
-    rtol: float = 1e-6  # rank-revealing tolerance of orth
+    rtol: float = 1e-6  # rank-revealing tolerance of orth, relative to the largest singular value
+    include: tuple[str, ...] = ("*",)  # matrix keys PACT cleans (fnmatch patterns)
+    exclude: tuple[str, ...] = ()  # matrix keys PACT leaves alone
 
     def check(self) -> None:
-        super().check()
         if self.K < 0 or self.k < 0:
             raise MergeError(f"K and k must be >= 0, got K={self.K}, k={self.k}")
         for name in ("K_fraction", "k_fraction", "tau_pre", "tau_task", "guard"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise MergeError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not self.rtol > 0:
-            raise MergeError(f"rtol must be > 0, got {self.rtol}")
+        if not 0 < self.rtol < 1:
+            raise MergeError(f"rtol must be in (0, 1), got {self.rtol}")
+
+    def applies(self, key: str) -> bool:
+        """Whether PACT cleans matrix key ``key`` under ``include`` / ``exclude``."""
+        return any(fnmatch.fnmatchcase(key, p) for p in self.include) and not any(
+            fnmatch.fnmatchcase(key, p) for p in self.exclude
+        )
 
 
 def intrusion_energy(tau: Tensor, V0: Tensor) -> float:
@@ -96,18 +108,22 @@ def _ranks(w0: Tensor, taus: Tensor, cfg: PACTConfig, keys: Sequence[str]) -> tu
     return torch.full((B,), K, dtype=torch.long), torch.full((T, B), k, dtype=torch.long)
 
 
-def _masked_top_vectors(A: Tensor, ranks: Tensor, cfg: PACTConfig) -> Tensor:
+def _masked_top_vectors(A: Tensor, ranks: Tensor, svd: SVDOptions) -> Tensor:
     """Top right singular vectors of A (..., m, n) with per-matrix rank ``ranks`` (...,): (..., n, max rank)."""
     rmax = int(ranks.max()) if ranks.numel() else 0
-    _, _, V = top_svd(A, rmax, cfg)
+    _, _, V = top_svd(A, rmax, svd)
     cols = torch.arange(rmax, device=V.device)
     return V * (cols < ranks.to(V.device).unsqueeze(-1)).unsqueeze(-2)
 
 
 def pact_filter_batch(
-    w0: Tensor, taus: Tensor, cfg: PACTConfig, keys: Sequence[str]
+    w0: Tensor, taus: Tensor, cfg: PACTConfig, keys: Sequence[str], svd: SVDOptions | None = None
 ) -> tuple[Tensor, list[list[dict]]]:
-    """PACT on B same-shape matrix keys: w0 (B, m, n), taus (T, B, m, n) -> (cleaned like taus, diag[b][t])."""
+    """PACT on B same-shape matrix keys: w0 (B, m, n), taus (T, B, m, n) -> (cleaned like taus, diag[b][t]).
+
+    ``svd``: how the truncated SVDs of steps 1-2 are computed (default: exact).
+    """
+    svd = svd or SVDOptions()
     T, B, m, n = taus.shape
     norms = w0.double().flatten(1).norm(dim=1)
     for b in range(B):
@@ -117,8 +133,8 @@ def pact_filter_batch(
                 "exclude the key from PACT (pact_include) or merge without pact+"
             )
     K, k = _ranks(w0, taus, cfg, keys)
-    V0 = _masked_top_vectors(w0, K, cfg)  # (B, n, K)
-    Vt = _masked_top_vectors(taus, k, cfg)  # (T, B, n, k)
+    V0 = _masked_top_vectors(w0, K, svd)  # (B, n, K)
+    Vt = _masked_top_vectors(taus, k, svd)  # (T, B, n, k)
     R, _ = orth_masked(V0 - Vt @ (Vt.mT @ V0), cfg.rtol, ref=1.0)  # (T, B, n, K'); scale of V0's unit columns
     if cfg.protect == "all":
         P = V0.unsqueeze(0).expand(T, *V0.shape)
@@ -163,7 +179,9 @@ def pact_filter_batch(
     return cleaned, diags
 
 
-def pact_filter(w0: Tensor, taus: list[Tensor], config: PACTConfig, key: str = "<matrix>") -> tuple[list[Tensor], list[dict]]:
+def pact_filter(
+    w0: Tensor, taus: list[Tensor], config: PACTConfig, key: str = "<matrix>", svd: SVDOptions | None = None
+) -> tuple[list[Tensor], list[dict]]:
     """PACT for one matrix key: w0 (m, n), taus T tensors (m, n) -> (cleaned taus, one diagnostics dict per task).
 
     Math in float64; the cleaned tensors have the dtype of ``taus``. Raises ``MergeError`` for a
@@ -172,7 +190,7 @@ def pact_filter(w0: Tensor, taus: list[Tensor], config: PACTConfig, key: str = "
     if not taus:
         raise MergeError("PACT needs at least one task vector")
     stacked = torch.stack([t for t in taus]).unsqueeze(1)  # (T, 1, m, n)
-    cleaned, diags = pact_filter_batch(w0.unsqueeze(0), stacked, config, [key])
+    cleaned, diags = pact_filter_batch(w0.unsqueeze(0), stacked, config, [key], svd)
     return list(cleaned[:, 0].unbind(0)), diags[0]
 
 

@@ -43,16 +43,26 @@ class SVDOptions:
             raise MergeError(f"seed must be in [0, 2**63), got {self.seed}")
 
 
+def svd_options(params: Any) -> SVDOptions:
+    """The merge-wide ``SVDOptions`` part of a method's parameters (every method's ``Params`` extends it)."""
+    return SVDOptions(**{name: getattr(params, name) for name in param_names(SVDOptions)})
+
+
 def param_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def parse_params(cls: type, params: Mapping[str, Any] | None, method: str, extra_valid: list[str] = ()) -> Any:
+def parse_params(
+    cls: type, params: Mapping[str, Any] | None, method: str, extra_valid: list[str] = (), label: str | None = None
+) -> Any:
     """Build ``cls`` from the keys of ``params`` that are its fields; reject unknown keys.
 
     ``extra_valid`` names keys that belong to another dataclass parsed from the same mapping
     (PACT's keys for a ``pact+`` method): they are not errors here.
     """
+    where = label or f"method {method!r}"
+    if params is not None and not isinstance(params, Mapping):
+        raise MergeError(f"{where}: parameters must be a mapping of name to value, got {type(params).__name__}")
     params = dict(params or {})
     hints = typing.get_type_hints(cls)
     names = param_names(cls)
@@ -60,13 +70,13 @@ def parse_params(cls: type, params: Mapping[str, Any] | None, method: str, extra
     unknown = [k for k in params if k not in valid]
     if unknown:
         raise MergeError(
-            f"method {method!r}: unknown parameter {unknown[0]!r}; valid parameters are: {', '.join(valid)}"
+            f"{where}: unknown parameter {unknown[0]!r}; valid parameters are: {', '.join(valid)}"
         )
     values = {}
     for name in names:
         if name in params:
             try:
-                values[name] = coerce(params[name], hints[name], f"method {method!r}: parameter {name!r}")
+                values[name] = coerce(params[name], hints[name], f"{where}: parameter {name!r}")
             except ValueError as exc:
                 raise MergeError(str(exc)) from None
     obj = cls(**values)
@@ -75,5 +85,5 @@ def parse_params(cls: type, params: Mapping[str, Any] | None, method: str, extra
         try:
             check()
         except MergeError as exc:
-            raise MergeError(f"method {method!r}: {exc}") from None
+            raise MergeError(f"{where}: {exc}") from None
     return obj

@@ -48,27 +48,62 @@ def get_method(name: str) -> MethodSpec:
     return dataclasses.replace(spec, base=base)
 
 
-def resolve_params(spec: MethodSpec, params: Mapping[str, Any] | None) -> tuple[Any, PACTConfig | None, dict]:
-    """(method params, PACT config or None, the resolved JSON-able dict) for ``spec``.
+PACT_NAMES = frozenset(param_names(PACTConfig))
 
-    Under ``pact+`` one mapping holds both: the shared SVD options apply to PACT and the method.
+
+def resolve_params(
+    spec: MethodSpec, params: Mapping[str, Any] | None, pact: PACTConfig | Mapping[str, Any] | None = None
+) -> tuple[Any, PACTConfig | None, dict, dict | None]:
+    """(method params, PACT config or None, resolved method dict, resolved PACT dict or None).
+
+    Two namespaces. ``params``: the method's own parameters and the merge-wide SVD options
+    (``svd``, ``oversample``, ``power_iters``, ``seed``), which PACT shares. ``pact``: PACT's
+    parameters, a ``PACTConfig`` or a mapping; also accepted nested as ``params["pact"]``.
+    A PACT parameter at the top level of ``params``, or PACT parameters for a method without
+    ``pact+``, is a ``MergeError`` naming the key and where it belongs. An empty ``pact``
+    mapping is no PACT parameter at all (accepted for any method).
     """
-    pact_names = param_names(PACTConfig) if spec.pact else []
-    method_params = parse_params(spec.params_cls, params, spec.name, extra_valid=pact_names)
+    params = dict(params or {})
+    nested = params.pop("pact", None)
+    if nested is not None and pact is not None:
+        raise MergeError(
+            f"method {spec.name!r}: PACT parameters given twice (pact= and params['pact']); give them once"
+        )
+    if nested is not None:
+        if not isinstance(nested, (Mapping, PACTConfig)):
+            raise MergeError(
+                f"method {spec.name!r}: params['pact'] must be a mapping of PACT parameters, got {type(nested).__name__}"
+            )
+        pact = nested
+    own = set(param_names(spec.params_cls))
+    for key in params:
+        if key in PACT_NAMES and key not in own:
+            where = "pact" if spec.pact else f"pact, and use a pact+ method (e.g. 'pact+{spec.base}')"
+            raise MergeError(
+                f"method {spec.name!r}: parameter {key!r} is a PACT parameter, not one of {spec.base!r}; "
+                f"put it under {where}: pact={{{key!r}: ...}} or params={{'pact': {{{key!r}: ...}}}}"
+            )
+    extra = ["pact"] if spec.pact else []
+    method_params = parse_params(spec.params_cls, params, spec.name, extra_valid=extra)
     resolved = dataclasses.asdict(method_params)
-    pact_cfg = None
-    if spec.pact:
-        pact_cfg = parse_params(PACTConfig, params, spec.name, extra_valid=param_names(spec.params_cls))
-        resolved.update(dataclasses.asdict(pact_cfg))
-    return method_params, pact_cfg, resolved
+    if not spec.pact:
+        if isinstance(pact, PACTConfig) or (pact is not None and len(pact) > 0):
+            raise MergeError(
+                f"method {spec.name!r} has no PACT step, so PACT parameters do not apply; "
+                f"use 'pact+{spec.base}' or drop the PACT parameters"
+            )
+        return method_params, None, resolved, None
+    if isinstance(pact, PACTConfig):
+        pact_cfg = pact
+        try:
+            pact_cfg.check()
+        except MergeError as exc:
+            raise MergeError(f"method {spec.name!r}: PACT: {exc}") from None
+    else:
+        pact_cfg = parse_params(PACTConfig, pact, spec.name, label=f"method {spec.name!r}, PACT")
+    return method_params, pact_cfg, resolved, dataclasses.asdict(pact_cfg)
 
 
 def alpha_grid(method: str) -> list[float]:
-    """Scaling coefficients tried on validation data: 0.05..1.0 step 0.05 for TA and TIES,
-    [1.0] for weight averaging, 0.0..2.0 step 0.1 otherwise (``pact+`` forms as their base)."""
-    base = get_method(method).base
-    if base == "weight_averaging":
-        return [1.0]
-    if base in ("task_arithmetic", "ties"):
-        return [round(0.05 * i, 10) for i in range(1, 21)]
-    return [round(0.1 * i, 10) for i in range(0, 21)]
+    """The method's default α grid (``MethodSpec.alpha_grid``; ``pact+X`` uses X's grid)."""
+    return list(get_method(method).alpha_grid)

@@ -30,7 +30,8 @@ class MethodSpec:
     (``ctx.keys``) merged at once. ``merge_vectors(taus (T, *shape), params, ctx) -> shape``:
     one vector key. Optional ``prepare(stream, params, state)`` runs before (for quantities
     over the whole task vector) and ``finalize(tau, params, state)`` after the per-key pass.
-    ``symmetric``: the result does not depend on the order of the tasks.
+    ``symmetric``: the result does not depend on the order of the tasks. ``alpha_grid``: the
+    scaling coefficients tried on validation data by default.
     """
 
     name: str
@@ -44,6 +45,13 @@ class MethodSpec:
     finalize: Callable[[dict[str, Tensor], Any, dict], None] | None = None
     pact: bool = False
     base: str = ""
+    alpha_grid: tuple[float, ...] = ()  # α values searched on validation data (``pact+X``: X's grid)
+
+
+def linear_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
+    """``start, start + step, ..., stop`` (inclusive), each rounded to 10 decimals."""
+    n = int(round((stop - start) / step))
+    return tuple(round(start + step * i, 10) for i in range(n + 1))
 
 
 def mean_of_tasks(taus: Tensor, params: Any = None, ctx: KeyContext | None = None) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from pactmerge.merging.linalg import polar_and_singular_values
 from pactmerge.merging.params import SVDOptions
-from pactmerge.merging.spec import KeyContext, MethodSpec, mean_of_tasks
+from pactmerge.merging.spec import KeyContext, MethodSpec, linear_grid, mean_of_tasks
 
 
 @dataclass(frozen=True)
@@ -35,4 +35,5 @@ SPEC = MethodSpec(
     merge_vectors=mean_of_tasks,
     default_alpha=1.3,
     paper="Marczak et al. 2025, No Task Left Behind (Iso-C), arXiv 2502.04959",
+    alpha_grid=linear_grid(0.0, 2.0, 0.1),
 )

@@ -19,7 +19,7 @@ from pactmerge.errors import MergeError
 from pactmerge.merging.linalg import top_svd
 from pactmerge.merging.methods.tsvm import concat_tasks, whitened_product
 from pactmerge.merging.params import SVDOptions
-from pactmerge.merging.spec import KeyContext, MethodSpec, mean_of_tasks
+from pactmerge.merging.spec import KeyContext, MethodSpec, linear_grid, mean_of_tasks
 
 
 @dataclass(frozen=True)
@@ -63,4 +63,5 @@ SPEC = MethodSpec(
     merge_vectors=mean_of_tasks,
     default_alpha=1.3,
     paper="Marczak et al. 2025, No Task Left Behind (Iso-CTS), arXiv 2502.04959",
+    alpha_grid=linear_grid(0.0, 2.0, 0.1),
 )

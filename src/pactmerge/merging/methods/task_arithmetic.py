@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from pactmerge.merging.params import SVDOptions
-from pactmerge.merging.spec import KeyContext, MethodSpec
+from pactmerge.merging.spec import KeyContext, MethodSpec, linear_grid
 
 
 @dataclass(frozen=True)
@@ -29,4 +29,5 @@ SPEC = MethodSpec(
     merge_vectors=sum_of_tasks,
     default_alpha=0.3,
     paper="Ilharco et al. 2023, Editing models with task arithmetic, arXiv 2212.04089",
+    alpha_grid=linear_grid(0.05, 1.0, 0.05),
 )

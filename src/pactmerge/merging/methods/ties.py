@@ -21,7 +21,7 @@ from torch import Tensor
 from pactmerge.errors import MergeError
 from pactmerge.merging.params import SVDOptions
 from pactmerge.merging.select import kth_smallest_abs
-from pactmerge.merging.spec import KeyContext, MethodSpec, TaskVectorStream
+from pactmerge.merging.spec import KeyContext, MethodSpec, TaskVectorStream, linear_grid
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ SPEC = MethodSpec(
     merge_vectors=merge_vectors,
     default_alpha=0.3,
     paper="Yadav et al. 2023, TIES-Merging, arXiv 2306.01708",
+    alpha_grid=linear_grid(0.05, 1.0, 0.05),
     prepare=prepare,
     finalize=finalize,
 )

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from pactmerge.merging.linalg import polar, top_svd
 from pactmerge.merging.params import SVDOptions
-from pactmerge.merging.spec import KeyContext, MethodSpec, mean_of_tasks
+from pactmerge.merging.spec import KeyContext, MethodSpec, linear_grid, mean_of_tasks
 
 
 @dataclass(frozen=True)
@@ -52,4 +52,5 @@ SPEC = MethodSpec(
     merge_vectors=mean_of_tasks,
     default_alpha=1.0,
     paper="Gargiulo et al. 2025, Task Singular Vectors, CVPR 2025, arXiv 2412.00081",
+    alpha_grid=linear_grid(0.0, 2.0, 0.1),
 )

@@ -24,4 +24,5 @@ SPEC = MethodSpec(
     merge_vectors=mean_of_tasks,
     default_alpha=1.0,
     paper="Wortsman et al. 2022, Model soups, arXiv 2203.05482",
+    alpha_grid=(1.0,),
 )
