@@ -25,6 +25,7 @@ COMMANDS = {
     "transfer": "transfer",
     "import": "import_cmd",
     "export": "export",
+    "status": "status",
 }
 
 

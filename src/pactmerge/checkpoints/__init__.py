@@ -1,11 +1,20 @@
-"""pactmerge.checkpoints: the checkpoint store (safetensors + JSON manifest)."""
+"""pactmerge.checkpoints: the checkpoint store (safetensors + JSON manifest + per-entry sidecars).
 
-from pactmerge.checkpoints.store import (
-    MANIFEST,
-    CheckpointStore,
-    import_open_clip,
-    package_versions,
-    state_sha256,
-)
+``pactmerge.checkpoints.manifest`` reads a store's records without importing torch; the
+names of ``store`` (which needs torch) are imported on first use, so ``pactmerge status``
+stays fast.
+"""
 
-__all__ = ["MANIFEST", "CheckpointStore", "import_open_clip", "package_versions", "state_sha256"]
+from pactmerge.checkpoints.manifest import MANIFEST, ManifestError
+
+_FROM_STORE = ("CheckpointStore", "import_open_clip", "package_versions", "state_sha256")
+
+__all__ = ["MANIFEST", "ManifestError", *_FROM_STORE]
+
+
+def __getattr__(name: str):
+    if name in _FROM_STORE:
+        from pactmerge.checkpoints import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'pactmerge.checkpoints' has no attribute {name!r}")

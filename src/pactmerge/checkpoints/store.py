@@ -7,32 +7,42 @@ Layout::
     <root>/finetuned/mnist.safetensors   finetuned/mnist.safetensors, heads -> heads/<task>
     <root>/heads/mnist.safetensors       (one tensor "head", (C, D) float32)
     <root>/lightning/<stage>/            Lightning's resumable .ckpt files
+    <root>/<name>.meta.json              sidecar of each entry: its manifest entry (+ "name")
+    <root>/identity.json                 copy of the manifest's identity
 
 Every file is written atomically; the manifest is read-modify-written under an ``fcntl`` lock,
 so the processes of a job array may save into the same store concurrently. Loads verify the
-sha256 recorded in the manifest.
+sha256 recorded in the manifest. The sidecars let ``pactmerge status --reindex`` rebuild a lost
+or damaged manifest (``checkpoints.manifest``); a store whose manifest is missing while it holds
+checkpoints, or is invalid, is refused with that command rather than silently started afresh.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import json
-import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 
+from pactmerge.checkpoints.manifest import (
+    IDENTITY,
+    MANIFEST,
+    NAME_RE,
+    ManifestError,
+    kind_of,
+    manifest_lock,
+    read_manifest,
+    reindex_command,
+    sidecar_path,
+    store_files,
+)
 from pactmerge.errors import CheckpointError
 from pactmerge.fileio import load_state_dict, save_safetensors_atomic, sha256_file, write_json_atomic
 
-MANIFEST = "manifest.json"
-_LOCK = ".manifest.lock"
-_NAME = re.compile(r"^(pretrained|joint|sequential|finetuned/[A-Za-z0-9_\-]+|merged/[A-Za-z0-9_.+=,\-]+"
-                   r"|heads/[A-Za-z0-9_\-]+)$")
 _PACKAGES = ("pactmerge", "torch", "open_clip_torch", "timm", "pytorch-lightning", "safetensors")
 
 
@@ -56,10 +66,6 @@ def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _kind(name: str) -> str:
-    return name.split("/", 1)[0]
-
-
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Human-readable differences between two JSON-like values."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -76,6 +82,11 @@ class CheckpointStore:
     def __init__(self, root: str | Path, *, create: bool = True) -> None:
         self.root = Path(root)
         if not (self.root / MANIFEST).is_file():
+            if self.root.is_dir() and store_files(self.root):
+                raise ManifestError(
+                    f"{self.root / MANIFEST}: missing, but {self.root} holds checkpoints "
+                    f"({', '.join(list(store_files(self.root))[:3])}, ...); rebuild the manifest from them and their "
+                    f"sidecars with `{reindex_command(self.root)}` (starting afresh would redo finished work)")
             if not create:
                 raise CheckpointError(f"{self.root}: not a checkpoint store (no {MANIFEST}); run the fine-tuning "
                                       "stage first or check the path")
@@ -83,25 +94,16 @@ class CheckpointStore:
             with self._locked():
                 if not (self.root / MANIFEST).is_file():
                     write_json_atomic(self.root / MANIFEST, {"format": 1, "identity": None, "entries": {}})
+        self.manifest  # noqa: B018 - an invalid manifest is refused here, with the recovery command
 
     # -- manifest --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.root / _LOCK, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return manifest_lock(self.root)
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """The manifest as on disk now (re-read at every access)."""
-        path = self.root / MANIFEST
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: unreadable manifest ({exc})") from exc
+        """The manifest as on disk now (re-read at every access); ``ManifestError`` when it is invalid."""
+        return read_manifest(self.root)
 
     @contextlib.contextmanager
     def _edit(self) -> Iterator[dict[str, Any]]:
@@ -117,6 +119,7 @@ class CheckpointStore:
             have = manifest.get("identity")
             if have is None:
                 manifest["identity"] = given
+                write_json_atomic(self.root / IDENTITY, given)
                 return
         diffs = _diff(have, given)
         if diffs:
@@ -126,7 +129,7 @@ class CheckpointStore:
 
     # -- states ----------------------------------------------------------------------------
     def path(self, name: str) -> Path:
-        if not _NAME.match(name):
+        if not NAME_RE.match(name):
             raise CheckpointError(f"invalid checkpoint name {name!r}: use pretrained, joint, sequential, "
                                   "finetuned/<task>, merged/<id> or heads/<task>")
         return self.root / f"{name}.safetensors"
@@ -135,15 +138,16 @@ class CheckpointStore:
         """Write ``state`` to ``path(name)`` atomically and record it; returns the path.
 
         ``meta`` (JSON-able) is stored in the entry: e.g. ``task``/``tasks``, ``recipe``,
-        ``steps``, ``metrics``."""
+        ``steps``, ``metrics``. The entry is also written to the sidecar ``<name>.meta.json``."""
         path = self.path(name)
         save_safetensors_atomic(path, state, metadata={"pactmerge_name": name})
         entry = {
-            "file": path.relative_to(self.root).as_posix(), "sha256": sha256_file(path), "kind": _kind(name),
+            "file": path.relative_to(self.root).as_posix(), "sha256": sha256_file(path), "kind": kind_of(name),
             "tensors": len(state), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": package_versions(), **json.loads(json.dumps(dict(meta or {}), default=str)),
         }
         with self._edit() as manifest:
+            write_json_atomic(sidecar_path(self.root, name), {"name": name, **entry})
             manifest["entries"][name] = entry
         return path
 
@@ -165,6 +169,7 @@ class CheckpointStore:
             if name not in manifest["entries"]:
                 raise CheckpointError(f"{self.root}: no checkpoint {name!r} to update")
             manifest["entries"][name].update(json.loads(json.dumps(fields, default=str)))
+            write_json_atomic(sidecar_path(self.root, name), {"name": name, **manifest["entries"][name]})
 
     def load_state(self, name: str) -> dict[str, torch.Tensor]:
         """Load a state dict after checking its sha256 against the manifest."""
@@ -176,7 +181,8 @@ class CheckpointStore:
         if actual != entry["sha256"]:
             raise CheckpointError(
                 f"{path}: sha256 {actual[:16]}... does not match the manifest ({entry['sha256'][:16]}...); the file "
-                f"was changed or truncated after it was written. Delete it and rerun the stage that makes {name!r}.")
+                f"was changed or truncated after it was written. Set it aside with `pactmerge status --drop-corrupt "
+                f"{self.root}`; the next run then makes {name!r} again (and nothing else).")
         return load_state_dict(path)
 
     # -- heads -----------------------------------------------------------------------------
