@@ -163,6 +163,18 @@ def test_lost_manifest_is_refused_then_reindexed(tmp_path, capsys, damage):
     if damage != "deleted":
         assert list(run.glob("manifest.json.invalid-*"))
     assert collect(run)["finished"]
+    assert main(["status", "--reindex", str(run)]) == 2  # a valid manifest is not rebuilt (it could lose metadata)
+    assert "valid (10 entries), so there is nothing to rebuild" in capsys.readouterr().err
+
+
+def test_claimed_directory_without_entries_is_all_to_do(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {**CONFIG, "output_dir": str(run)}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "run.json").write_text(json.dumps({"identity": {}, "tasks": TASKS, "config": cfg}))
+    status = collect(run)
+    assert set(_stages(status).values()) == {"to do"} and not status["finished"]
 
 
 def test_reindex_of_a_run_without_sidecars_is_partial(tmp_path, capsys):

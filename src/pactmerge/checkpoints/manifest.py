@@ -147,7 +147,8 @@ def _read_json(path: Path) -> Any:
 def reindex(root: str | Path) -> dict[str, Any]:
     """Rebuild ``root/manifest.json`` from the checkpoint files and their sidecars (see the module docstring).
 
-    A previous manifest that is unreadable is kept as ``manifest.json.invalid-<time>``. A file
+    A valid manifest is refused (rebuilding could only lose metadata); an invalid one is kept
+    as ``manifest.json.invalid-<time>``. A file
     whose sidecar records another sha256, or that is truncated, is left out (and named).
     Returns ``{"from_sidecar": [...], "partial": [...], "left_out": {name: why}, "identity": bool,
     "old_manifest": path or None}``.
@@ -157,6 +158,10 @@ def reindex(root: str | Path) -> dict[str, Any]:
     root = Path(root)
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such run directory")
+    current = _read_json(root / MANIFEST) if (root / MANIFEST).is_file() else None
+    if current is not None and manifest_problem(current) is None:
+        raise CheckpointError(f"{root / MANIFEST}: valid ({len(current['entries'])} entries), so there is nothing to "
+                              "rebuild; --reindex only replaces a missing or invalid manifest")
     report: dict[str, Any] = {"from_sidecar": [], "partial": [], "left_out": {}, "identity": False,
                               "old_manifest": None}
     entries: dict[str, Any] = {}

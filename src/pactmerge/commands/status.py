@@ -138,15 +138,19 @@ def _fit_progress(run_dir: Path, name: str) -> dict[str, Any] | None:
 # -- the status ------------------------------------------------------------------------------
 def collect(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
     """The status of ``run_dir`` as a JSON-able mapping (what ``--json`` prints)."""
-    from pactmerge.checkpoints.manifest import check_entry, read_manifest
+    from pactmerge.checkpoints.manifest import MANIFEST, ManifestError, check_entry, read_manifest, store_files
     from pactmerge.errors import CheckpointError
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run directory")
     info = read_run_info(run_dir)
-    manifest = read_manifest(run_dir)
-    entries: dict[str, Any] = manifest["entries"]
+    try:
+        entries: dict[str, Any] = read_manifest(run_dir)["entries"]
+    except ManifestError:
+        if (run_dir / MANIFEST).exists() or store_files(run_dir):
+            raise
+        entries = {}  # claimed, nothing stored yet
     cfg, tasks = info["config"], [str(t) for t in info["tasks"]]
     comparisons = cfg.get("comparisons") or {}
     lock = lock_state(run_dir)
