@@ -1,18 +1,28 @@
 """Merge speed and memory on the real key names and shapes of open_clip ViT image towers.
 
 Synthetic checkpoints: random pre-trained weights (a decaying low-rank part plus noise on
-matrices), and per task a low-rank-plus-noise update. Three measurements:
+matrices), and per task a low-rank-plus-noise update. Four measurements:
 
-1. seconds and peak memory of every (model, T, method, svd, device);
+1. seconds and peak memory of every (model, T, method, svd, device), on the tower's first
+   ``--blocks`` residual blocks (all with ``--blocks -1``);
 2. the library's exact TSV-M against a straightforward loop of full SVDs per matrix
    (speed-up and relative error; target >= 4x and <= 1e-4 on CPU);
 3. streaming: peak resident memory of a child process that runs ``merge_files`` over T
-   safetensors checkpoints, against one checkpoint's size (target < 3x).
+   safetensors checkpoints, against one checkpoint's size (target < 3x);
+4. peer (optional): ``pactmerge merge --method tsvm`` against fusion_bench's TSV-M
+   (``compute_and_sum_svd_mem_reduction``) on the same safetensors files, each a whole
+   process (imports, loading, merging, writing), as a ratio of wall times. fusion_bench is
+   run by ``--peer-python`` (default: this interpreter; or ``$PACTMERGE_PEER_PYTHON``), so it
+   can live in a venv of its own; the row is skipped with a note when it cannot be imported.
 
-    python benchmarks/merge_speed.py --quick
-    python benchmarks/merge_speed.py --models ViT-B-32 --tasks 8 20 --devices cpu
+Three sizes; every part's size can also be set on its own (``--blocks``, ``--baseline-blocks``,
+``--stream-tasks``, ``--peer-blocks``, ...):
 
-The last stdout line is one JSON object.
+    python benchmarks/merge_speed.py           # default: ViT-B/32, T=8, 4 blocks; minutes on 2 cores
+    python benchmarks/merge_speed.py --quick   # smaller still: a smoke run
+    python benchmarks/merge_speed.py --full    # ViT-B/32 and ViT-L/14, T=8 and 20, every method, whole towers
+
+Progress goes to stderr; stdout has the tables, and its last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -35,8 +45,20 @@ from _common import MIB, Stopwatch, anon_rss_bytes, emit_json, format_table, pea
 _VIT_CONFIGS = {
     "ViT-B-32": dict(width=768, layers=12, patch=32, image=224, embed=512),
     "ViT-L-14": dict(width=1024, layers=24, patch=14, image=224, embed=768),
+    "tiny": dict(width=32, layers=2, patch=8, image=32, embed=16),  # for dry runs and tests
 }
 QUICK_METHODS = ["task_arithmetic", "tsvm", "iso_c", "pact+tsvm"]
+DEFAULT_METHODS = ["task_arithmetic", "ties", "tsvm", "iso_c", "iso_cts", "pact+tsvm", "pact+iso_c"]
+# every size of every part, per preset; an explicit flag overrides its entry
+PRESETS = {
+    "quick": dict(models=["ViT-B-32"], tasks=[8], methods=QUICK_METHODS, blocks=1, baseline_blocks=1,
+                  stream_tasks=4, peer_tasks=8, peer_blocks=1),
+    "default": dict(models=["ViT-B-32"], tasks=[8], methods=DEFAULT_METHODS, blocks=4, baseline_blocks=2,
+                    stream_tasks=8, peer_tasks=8, peer_blocks=4),
+    "full": dict(models=["ViT-B-32", "ViT-L-14"], tasks=[8, 20], methods=None, blocks=-1, baseline_blocks=-1,
+                 stream_tasks=20, peer_tasks=8, peer_blocks=4),
+}
+PEER_MODULE = "fusion_bench.method.task_singular_vector.utils.TSVM_utils"
 NO_SVD = {"weight_averaging", "task_arithmetic", "ties"}  # no SVD at all
 EXACT_ONLY = {"iso_c"}  # its one SVD decomposes the full sum, which stays exact
 
@@ -44,6 +66,8 @@ EXACT_ONLY = {"iso_c"}  # its one SVD decomposes the full sum, which stays exact
 def vit_layout(name: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of open_clip's ``name`` image tower (keys prefixed ``visual.``), built without weights."""
     try:
+        if name not in ("ViT-B-32", "ViT-B-16", "ViT-L-14"):
+            raise ImportError  # not an open_clip name: one of the fallback configs
         import logging
 
         import open_clip
@@ -76,38 +100,44 @@ def vit_layout(name: str) -> dict[str, tuple[int, ...]]:
 
 def _low_rank(m: int, n: int, rank: int, top: float, gen: torch.Generator) -> torch.Tensor:
     """(m, n) matrix with ``rank`` singular values top/1, top/2, ... on random (near-orthogonal) bases."""
-    a = torch.randn(m, rank, generator=gen) / m**0.5
-    b = torch.randn(n, rank, generator=gen) / n**0.5
-    s = top / torch.arange(1, rank + 1, dtype=torch.float32)
+    dev = gen.device
+    a = torch.randn(m, rank, generator=gen, device=dev) / m**0.5
+    b = torch.randn(n, rank, generator=gen, device=dev) / n**0.5
+    s = top / torch.arange(1, rank + 1, dtype=torch.float32, device=dev)
     return (a * s) @ b.T
 
 
-def synth_pretrained(layout: dict, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
+def synth_pretrained(layout: dict, seed: int, dtype: torch.dtype, build_device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Pre-trained weights on the CPU (``build_device="cuda"`` draws them on the GPU, faster for ViT-L/14)."""
+    gen = torch.Generator(device=build_device).manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=gen, device=build_device)  # noqa: E731
     sd = {}
     for key, shape in layout.items():
         if len(shape) == 2:
             m, n = shape
-            w = _low_rank(m, n, 32, 2.0, gen) + torch.randn(m, n, generator=gen) * 0.02
+            w = _low_rank(m, n, 32, 2.0, gen) + randn(m, n) * 0.02
         elif key.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight")):
-            w = 1.0 + 0.02 * torch.randn(shape, generator=gen)
+            w = 1.0 + 0.02 * randn(shape)
         else:
-            w = 0.02 * torch.randn(shape, generator=gen)
-        sd[key] = w.to(dtype)
+            w = 0.02 * randn(shape)
+        sd[key] = w.to(dtype).cpu()
     return sd
 
 
-def synth_finetuned(pre: dict, task: int, seed: int, rank: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def synth_finetuned(pre: dict, task: int, seed: int, rank: int, dtype: torch.dtype,
+                    build_device: str = "cpu") -> dict[str, torch.Tensor]:
     """``pre`` plus a task update: rank-``rank`` decaying part plus noise whose top singular value is ~5% of it."""
-    gen = torch.Generator().manual_seed(seed * 1000 + task + 1)
+    gen = torch.Generator(device=build_device).manual_seed(seed * 1000 + task + 1)
     sd = {}
     for key, w in pre.items():
+        w = w.to(build_device)
         if w.ndim == 2:
             m, n = w.shape
-            delta = _low_rank(m, n, rank, 1e-2, gen) + torch.randn(m, n, generator=gen) * (5e-4 / (m**0.5 + n**0.5))
+            noise = torch.randn(m, n, generator=gen, device=build_device) * (5e-4 / (m**0.5 + n**0.5))
+            delta = _low_rank(m, n, rank, 1e-2, gen) + noise
         else:
-            delta = 1e-4 * torch.randn(w.shape, generator=gen)
-        sd[key] = (w.float() + delta).to(dtype)
+            delta = 1e-4 * torch.randn(w.shape, generator=gen, device=build_device)
+        sd[key] = (w.float() + delta).to(dtype).cpu()
     return sd
 
 
@@ -165,7 +195,7 @@ def bench_methods(args, model, T, pre, fts, devices, rows, results):
             exact_tau = None
             for svd in svd_choices(method, args.svd):
                 params = {} if svd == "-" else {"svd": svd, **({"seed": 0} if svd == "randomized" else {})}
-                row = dict(model=model, T=T, method=method, svd=svd, device=device)
+                row = dict(model=model, T=T, blocks=args.blocks, method=method, svd=svd, device=device)
                 try:
                     with peak_memory(device) as peak, Stopwatch(cuda=device == "cuda") as sw:
                         res = merge(pre, fts, method, params=params, device=device)
@@ -181,7 +211,7 @@ def bench_methods(args, model, T, pre, fts, devices, rows, results):
                     row["rel_err_vs_exact"] = rel_err(res.tau, exact_tau)
                 rows.append(row)
                 results[f"{model}/T{T}/{method}/{svd}/{device}"] = {
-                    k: row.get(k) for k in ("seconds", "peak_mib", "rel_err_vs_exact")
+                    k: row.get(k) for k in ("blocks", "seconds", "peak_mib", "rel_err_vs_exact")
                 }
                 print(f"  {method:22s} {svd:10s} {device:4s} {sw.seconds:8.2f} s", file=sys.stderr, flush=True)
                 del res
@@ -202,20 +232,25 @@ def bench_baseline(args, model, T, pre, fts):
     )
 
 
-def bench_streaming(args) -> dict:
-    """Write T ViT-B/32 checkpoints as safetensors, merge them in a child process, report its peak RSS."""
+def write_checkpoints(directory: Path, layout: dict, T: int, args) -> tuple[Path, list[Path]]:
+    """Synthetic pre-trained and ``T`` fine-tuned checkpoints of ``layout`` as safetensors files in ``directory``."""
     from safetensors.torch import save_file
 
-    layout = vit_layout("ViT-B-32")
+    pre = synth_pretrained(layout, args.seed, torch.float32, args.build_device)
+    pre_path = directory / "pretrained.safetensors"
+    save_file(pre, str(pre_path))
+    paths = []
+    for t in range(T):
+        paths.append(directory / f"task{t:02d}.safetensors")
+        save_file(synth_finetuned(pre, t, args.seed, args.rank, torch.float32, args.build_device), str(paths[-1]))
+    return pre_path, paths
+
+
+def bench_streaming(args) -> dict:
+    """Write T checkpoints of ``--stream-model`` as safetensors, merge them in a child process, report its peak RSS."""
+    layout = vit_layout(args.stream_model)
     with tempfile.TemporaryDirectory(dir=args.stream_dir) as tmp:
-        pre = synth_pretrained(layout, args.seed, torch.float32)
-        pre_path = Path(tmp) / "pretrained.safetensors"
-        save_file(pre, str(pre_path))
-        paths = []
-        for t in range(args.stream_tasks):
-            paths.append(Path(tmp) / f"task{t:02d}.safetensors")
-            save_file(synth_finetuned(pre, t, args.seed, args.rank, torch.float32), str(paths[-1]))
-        del pre
+        pre_path, paths = write_checkpoints(Path(tmp), layout, args.stream_tasks, args)
         ckpt = pre_path.stat().st_size
         spec = dict(pretrained=str(pre_path), finetuned=[str(p) for p in paths], method=args.stream_method,
                     params={"svd": args.stream_svd} if args.stream_method.removeprefix("pact+") not in NO_SVD else {})
@@ -225,10 +260,86 @@ def bench_streaming(args) -> dict:
             return dict(status=f"error: {proc.stderr.strip()[-300:]}")
         child = json.loads(proc.stdout.strip().splitlines()[-1])
     return dict(
-        status="ok", T=args.stream_tasks, method=args.stream_method, svd=args.stream_svd, checkpoint_mib=ckpt / MIB,
-        **child, ratio_max_rss=child["max_rss_mib"] / (ckpt / MIB),
-        ratio_above_imports=(child["max_rss_mib"] - child["rss_after_imports_mib"]) / (ckpt / MIB),
+        model=args.stream_model, T=args.stream_tasks, method=args.stream_method, svd=args.stream_svd,
+        checkpoint_mib=ckpt / MIB, **child, ratio_max_rss=child["max_rss_mib"] / (ckpt / MIB),
+        ratio_above_imports=(child["max_rss_mib"] - child["rss_after_imports_mib"]) / (ckpt / MIB), status="ok",
     )
+
+
+PEER_SCRIPT = Path(__file__).resolve().parent / "_peer_fusion_bench.py"
+
+
+def peer_available(python: str) -> tuple[bool, str]:
+    """Whether ``python`` runs and finds a ``fusion_bench`` package (cheap: nothing heavy is imported);
+    otherwise a note saying why and what to do."""
+    probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('fusion_bench') else 3)"
+    try:
+        proc = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=False, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"{python} could not be run ({type(exc).__name__}: {exc})"
+    if proc.returncode == 0:
+        return True, ""
+    return False, _peer_note(python, "no fusion_bench package" if proc.returncode == 3 else proc.stderr.strip()[-160:])
+
+
+def _peer_note(python: str, why: str) -> str:
+    return (f"fusion_bench is not importable by {python} ({why}); install fusion-bench in a venv of its own "
+            "and pass --peer-python VENV/bin/python (or set PACTMERGE_PEER_PYTHON)")
+
+
+def _timed_run(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return time.perf_counter() - t0, proc
+
+
+def bench_peer(args) -> dict:
+    """Whole-process wall time of ``pactmerge merge --method tsvm`` and of fusion_bench's TSV-M on the same files.
+
+    Both read the same safetensors files, merge on the CPU with alpha 1 and write the merged
+    weights; ``ratio`` = fusion_bench seconds / pactmerge seconds (> 1: pactmerge is faster),
+    ``rel_err`` = ||tau_pactmerge - tau_fusion_bench|| / ||tau_fusion_bench|| over all keys.
+    ``merge_ratio``: the same for the merge call alone (pactmerge: loading included, see its sidecar's
+    ``load_and_merge_s``; fusion_bench: ``compute_and_sum_svd_mem_reduction`` only).
+    """
+    from safetensors.torch import load_file
+
+    row = dict(model=args.peer_model, T=args.peer_tasks, blocks=args.peer_blocks)
+    ok, note = peer_available(args.peer_python)
+    if not ok:
+        return {**row, "status": "skipped", "note": note}
+    layout = first_blocks(vit_layout(args.peer_model), args.peer_blocks)
+    with tempfile.TemporaryDirectory(dir=args.stream_dir) as tmp:
+        pre_path, paths = write_checkpoints(Path(tmp), layout, args.peer_tasks, args)
+        ours, theirs = Path(tmp) / "pactmerge.safetensors", Path(tmp) / "fusion_bench.safetensors"
+        pm_cmd = [sys.executable, "-m", "pactmerge", "merge", "--pretrained", str(pre_path), "--finetuned",
+                  *map(str, paths), "--method", "tsvm", "--svd", "exact", "--alpha", "1", "--device", "cpu",
+                  "--out", str(ours)]
+        spec = dict(pretrained=str(pre_path), finetuned=[str(p) for p in paths], out=str(theirs), alpha=1.0)
+        fb_cmd = [args.peer_python, str(PEER_SCRIPT), json.dumps(spec)]
+        times = {"pactmerge": [], "fusion_bench": []}  # whole process
+        inner = {"pactmerge": [], "fusion_bench": []}  # the merge alone, as each process timed it
+        for _ in range(args.peer_repeats):  # alternate, so a change in machine load hits both
+            for name, cmd in (("pactmerge", pm_cmd), ("fusion_bench", fb_cmd)):
+                seconds, proc = _timed_run(cmd)
+                if name == "fusion_bench" and proc.returncode == 3:  # found, but an import inside it failed
+                    return {**row, "status": "skipped", "note": _peer_note(args.peer_python, proc.stderr.strip()[-160:])}
+                if proc.returncode != 0:
+                    return {**row, "status": f"error: {name}: {proc.stderr.strip()[-300:]}"}
+                times[name].append(seconds)
+                if name == "fusion_bench":
+                    inner["fusion_bench"].append(json.loads(proc.stdout.strip().splitlines()[-1])["merge_s"])
+                else:
+                    inner["pactmerge"].append(json.loads(Path(str(ours) + ".json").read_text())["timings"]["load_and_merge_s"])
+                print(f"  peer: {name} {seconds:.1f} s", file=sys.stderr, flush=True)
+        pre = load_file(str(pre_path))
+        tau_ours = {k: v.double() - pre[k].double() for k, v in load_file(str(ours)).items()}
+        tau_theirs = {k: v.double() - pre[k].double() for k, v in load_file(str(theirs)).items()}
+    pm_s, fb_s = min(times["pactmerge"]), min(times["fusion_bench"])
+    return {**row, "pactmerge_s": pm_s, "fusion_bench_s": fb_s, "ratio": fb_s / pm_s,
+            "pactmerge_merge_s": min(inner["pactmerge"]), "fusion_bench_merge_s": min(inner["fusion_bench"]),
+            "merge_ratio": min(inner["fusion_bench"]) / min(inner["pactmerge"]),
+            "rel_err": rel_err(tau_ours, tau_theirs), "status": "ok"}
 
 
 def _vm_hwm_bytes() -> int:
@@ -258,31 +369,53 @@ def stream_child(spec_json: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="ViT-B/32, T=8, a few methods, 2 blocks of baseline, 8 streamed tasks")
-    p.add_argument("--models", nargs="+", default=None, choices=sorted(_VIT_CONFIGS), help="default: both")
-    p.add_argument("--tasks", nargs="+", type=int, default=None, help="numbers of tasks T (default: 8 20)")
-    p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smoke run: ViT-B/32, T=8, 4 methods, 1 block, 4 streamed tasks")
+    size.add_argument("--full", action="store_true", help="the whole sweep: both models, T=8 and 20, every method, "
+                      "whole towers, 20 streamed tasks (hours on 2 CPU cores)")
+    p.add_argument("--models", nargs="+", default=None, choices=sorted(_VIT_CONFIGS), help="default: ViT-B-32 (full: B/32, L/14)")
+    p.add_argument("--tasks", nargs="+", type=int, default=None, help="numbers of tasks T (default 8; full: 8 20)")
+    p.add_argument("--methods", nargs="+", default=None, help="default: %s (full: every registered method)"
+                   % " ".join(DEFAULT_METHODS))
+    p.add_argument("--blocks", type=int, default=None, help="residual blocks in the per-method timings (default 4; "
+                   "quick 1; -1 = all, the full default)")
     p.add_argument("--svd", nargs="+", default=["exact", "randomized"], choices=["exact", "randomized"])
     p.add_argument("--devices", nargs="+", default=None, choices=["cpu", "cuda"], help="default: cpu, and cuda when present")
     p.add_argument("--skip", nargs="*", default=[], metavar="MODEL/T", help="configurations to skip, e.g. ViT-L-14/20")
     p.add_argument("--storage-dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of the synthetic checkpoints")
+    p.add_argument("--build-device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the synthetic checkpoints are drawn (cuda: faster for ViT-L/14); they are kept on the CPU")
     p.add_argument("--rank", type=int, default=16, help="rank of each synthetic task update")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-speed", action="store_true", help="skip the per-method timings")
     p.add_argument("--no-baseline", action="store_true", help="skip the loop-of-SVDs TSV-M comparison")
-    p.add_argument("--baseline-blocks", type=int, default=None, help="residual blocks in the comparison (default: all; quick: 2)")
+    p.add_argument("--baseline-blocks", type=int, default=None, help="residual blocks in the comparison (default 2; quick 1; full: all)")
     p.add_argument("--no-stream", action="store_true", help="skip the streaming memory measurement")
-    p.add_argument("--stream-tasks", type=int, default=None, help="checkpoints streamed (default 20; quick 8)")
+    p.add_argument("--stream-model", default="ViT-B-32", choices=sorted(_VIT_CONFIGS))
+    p.add_argument("--stream-tasks", type=int, default=None, help="checkpoints streamed (default 8; quick 4; full 20)")
     p.add_argument("--stream-method", default="tsvm")
     p.add_argument("--stream-svd", default="randomized", choices=["exact", "randomized"])
-    p.add_argument("--stream-dir", default=None, help="where the streamed checkpoints are written (deleted after)")
+    p.add_argument("--stream-dir", default=None, help="where the streamed and peer checkpoints are written (deleted after)")
     p.add_argument("--stream-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-peer", action="store_true", help="skip the fusion_bench comparison")
+    p.add_argument("--peer-python", default=os.environ.get("PACTMERGE_PEER_PYTHON", sys.executable),
+                   help="interpreter that has fusion_bench (default: $PACTMERGE_PEER_PYTHON, else this one)")
+    p.add_argument("--peer-model", default="ViT-B-32", choices=sorted(_VIT_CONFIGS))
+    p.add_argument("--peer-tasks", type=int, default=None, help="tasks in the peer comparison (default 8)")
+    p.add_argument("--peer-blocks", type=int, default=None, help="residual blocks in the peer comparison (default 4; quick 1)")
+    p.add_argument("--peer-repeats", type=int, default=1, help="runs of each side, alternating; the fastest counts")
     args = p.parse_args(argv)
-    args.models = args.models or (["ViT-B-32"] if args.quick else ["ViT-B-32", "ViT-L-14"])
-    args.tasks = args.tasks or ([8] if args.quick else [8, 20])
-    args.baseline_blocks = args.baseline_blocks if args.baseline_blocks is not None else (2 if args.quick else -1)
-    args.stream_tasks = args.stream_tasks or (8 if args.quick else 20)
+    args.preset = "quick" if args.quick else "full" if args.full else "default"
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     return args
+
+
+def _blocks_needed(args) -> int:
+    """Residual blocks the synthetic checkpoints of the speed and baseline parts need (-1 = all)."""
+    wanted = ([] if args.no_speed else [args.blocks]) + ([] if args.no_baseline else [args.baseline_blocks])
+    return -1 if any(b < 0 for b in wanted) else max(wanted, default=0)
 
 
 def main(argv=None) -> int:
@@ -292,44 +425,64 @@ def main(argv=None) -> int:
         return 0
     from pactmerge.merging import available_methods
 
-    args.methods = args.methods or (QUICK_METHODS if args.quick else list(available_methods()))
+    args.methods = args.methods or list(available_methods())
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    if args.build_device == "cuda" and not torch.cuda.is_available():
+        args.build_device = "cpu"
     dtype = getattr(torch, args.storage_dtype)
     started, load_before = time.perf_counter(), os.getloadavg()
-    rows, results, baselines = [], {}, []
-    for model in args.models:
-        layout = vit_layout(model)
+    rows, results, baselines, timings = [], {}, [], {}
+    for model in args.models if not (args.no_speed and args.no_baseline) else []:
+        layout = first_blocks(vit_layout(model), _blocks_needed(args))
         for T in args.tasks:
             if f"{model}/{T}" in args.skip:
                 continue
+            t0 = time.perf_counter()
             print(f"{model} T={T}: building checkpoints", file=sys.stderr, flush=True)
-            pre = synth_pretrained(layout, args.seed, dtype)
-            fts = [synth_finetuned(pre, t, args.seed, args.rank, dtype) for t in range(T)]
+            pre = synth_pretrained(layout, args.seed, dtype, args.build_device)
+            fts = [synth_finetuned(pre, t, args.seed, args.rank, dtype, args.build_device) for t in range(T)]
             if not args.no_speed:
-                bench_methods(args, model, T, pre, fts, devices, rows, results)
+                bench_methods(args, model, T, first_blocks(pre, args.blocks), [first_blocks(f, args.blocks) for f in fts],
+                              devices, rows, results)
             if not args.no_baseline:
                 baselines.append(bench_baseline(args, model, T, pre, fts))
                 print(f"  baseline: {baselines[-1]}", file=sys.stderr, flush=True)
             del pre, fts
+            timings[f"{model}/T{T}"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     stream = None if args.no_stream else bench_streaming(args)
+    timings["streaming"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    peer = None if args.no_peer else bench_peer(args)
+    timings["peer"] = time.perf_counter() - t0
 
     load_after = os.getloadavg()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {os.cpu_count()} CPUs, load average "
-          f"(1 min) {load_before[0]:.1f} at start and {load_after[0]:.1f} at end"
+    print(f"merge_speed ({args.preset} sizes): torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"{os.cpu_count()} CPUs, load average (1 min) {load_before[0]:.1f} at start and {load_after[0]:.1f} at end"
           + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     if rows:
-        print("\nseconds and peak memory above the inputs (host RSS on CPU, allocated on CUDA):")
-        print(format_table(rows, ["model", "T", "method", "svd", "device", "seconds", "peak_mib", "rel_err_vs_exact", "status"]))
+        print("\nseconds and peak memory above the inputs (host RSS on CPU, allocated on CUDA; blocks = residual "
+              "blocks included, -1 = all):")
+        print(format_table(rows, ["model", "T", "blocks", "method", "svd", "device", "seconds", "peak_mib",
+                                  "rel_err_vs_exact", "status"]))
     if baselines:
         print("\nexact TSV-M against a loop of full SVDs per matrix, CPU (blocks = residual blocks included, -1 = all):")
         print(format_table(baselines, ["model", "T", "blocks", "loop_s", "library_s", "speedup", "rel_err"]))
     if stream:
         print("\nstreaming merge_files in a child process (MiB; ratio = peak RSS / one checkpoint):")
         print(format_table([stream], [k for k in stream if k != "status"] + ["status"]))
-    emit_json(dict(benchmark="merge_speed", total_s=time.perf_counter() - started, threads=torch.get_num_threads(),
-                   loadavg_start=load_before[0], loadavg_end=load_after[0],
-                   results=results, baseline=baselines, streaming=stream))
+    if peer:
+        print("\npeer: whole-process TSV-M, pactmerge merge vs fusion_bench compute_and_sum_svd_mem_reduction, same "
+              "files, CPU (ratio = fusion_bench_s / pactmerge_s):")
+        print(format_table([peer], ["model", "T", "blocks", "pactmerge_s", "fusion_bench_s", "ratio",
+                                    "pactmerge_merge_s", "fusion_bench_merge_s", "merge_ratio", "rel_err", "status"]))
+        if peer.get("note"):
+            print(f"  note: {peer['note']}")
+    emit_json(dict(benchmark="merge_speed", preset=args.preset, total_s=time.perf_counter() - started,
+                   threads=torch.get_num_threads(), loadavg_start=load_before[0], loadavg_end=load_after[0],
+                   devices=devices, blocks=args.blocks, timings=timings,
+                   results=results, baseline=baselines, streaming=stream, peer=peer))
     return 0
 
 
