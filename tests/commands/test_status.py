@@ -17,7 +17,7 @@ import yaml
 
 from pactmerge.checkpoints import CheckpointStore, ManifestError
 from pactmerge.cli import main
-from pactmerge.commands.status import collect, merge_ids
+from pactmerge.commands.status import collect, format_status, merge_ids
 from pactmerge.errors import CheckpointError
 
 TASKS = ["digits", "faces"]
@@ -239,3 +239,36 @@ def test_merge_ids_follow_the_merge_stage_plan(merge):
     from pactmerge.pipeline.config import MergeConfig
 
     assert merge_ids(merge) == [p.id for p in plan_merges(MergeConfig(**merge))]
+
+
+def _tiny_study_config(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("study_fixtures", Path(__file__).parents[1] / "study" / "conftest.py")
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(fixtures.tiny_study_config(tmp_path, comparisons__sequential=False)))
+    return path
+
+
+@pytest.mark.slow
+def test_real_tiny_study_status_and_redo_of_one_corrupt_entry(tmp_path, capsys):
+    cfg = _tiny_study_config(tmp_path)
+    run = tmp_path / "run"
+    assert main(["run", str(cfg)]) == 0
+    assert collect(run)["finished"], format_status(collect(run))
+    before = CheckpointStore(run, create=False).manifest["entries"]
+    damaged = run / "finetuned" / "faces.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert collect(run)["corrupt"] == ["finetuned/faces"]
+    assert main(["status", "--drop-corrupt", str(run)]) == 0
+    assert main(["run", str(run / "config.yaml"), "--output-dir", str(run)]) == 0
+    after = CheckpointStore(run, create=False).manifest["entries"]
+    assert after["finetuned/faces"]["sha256"] == before["finetuned/faces"]["sha256"]  # the finished fit, re-stored
+    unchanged = [n for n in before if n != "finetuned/faces"]
+    assert all(after[n]["created"] == before[n]["created"] for n in unchanged)
+    assert collect(run)["finished"]
