@@ -281,7 +281,7 @@ def _typed(data: torch.UntypedStorage, dtype: torch.dtype) -> Any:
 def _bytes_storage(raw: bytes | bytearray) -> torch.UntypedStorage:
     if not raw:
         return torch.UntypedStorage(0)
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage()
+    return torch.frombuffer(raw if isinstance(raw, bytearray) else bytearray(raw), dtype=torch.uint8).untyped_storage()
 
 
 def _load_zip(path: Path, source: str) -> tuple[Any, Counter]:
@@ -300,12 +300,17 @@ def _load_zip(path: Path, source: str) -> tuple[Any, Counter]:
             dtype = _dtype_of(storage_type, source)
             if key not in cache:
                 try:
-                    raw = zf.read(f"{prefix}data/{key}")
+                    info = zf.getinfo(f"{prefix}data/{key}")
                 except KeyError:
                     raise CheckpointError(f"{source}: storage {key!r} is missing from the archive; the file is "
                                           "truncated or damaged") from None
+                raw = bytearray(info.file_size)  # read in place: one copy of the weights in memory
+                view, got = memoryview(raw), 0
+                with zf.open(info) as member:
+                    while got < len(raw) and (n := member.readinto(view[got:])):
+                        got += n
                 need = numel * torch._utils._element_size(dtype)
-                if len(raw) != need:
+                if got != need or len(raw) != need:
                     raise CheckpointError(f"{source}: storage {key!r} holds {len(raw)} bytes, {need} expected; "
                                           "the file is truncated or damaged")
                 cache[key] = _bytes_storage(raw)
