@@ -2,13 +2,15 @@
 
 ``logits = logit_scale * normalize(features) @ head.T``.
 
-With a pre-trained text tower the head is CLIP's zero-shot head (per class the mean of the
-L2-normalised template embeddings, renormalised). With a random text tower (the offline
-default ``efficientnet_lite0_clip``) text embeddings carry no meaning, so the head is a fixed
-deterministic one instead: ``C`` orthonormal class vectors in ``R^D`` drawn from a Gaussian
-seeded by the task key (QR of a ``D x C`` Gaussian), identical on every machine and run.
-The encoder then learns to map each class onto its vector; zero-shot accuracy with such a
-head is chance level by construction.
+With a pre-trained text tower the head is CLIP's zero-shot head, built by open_clip's own
+``build_zero_shot_classifier`` (per class the mean of the L2-normalised template embeddings,
+renormalised). With a random text tower (the offline default ``efficientnet_lite0_clip``)
+text embeddings carry no meaning, so the head is a fixed deterministic one instead: ``C``
+orthonormal class vectors in ``R^D`` drawn from a Gaussian seeded by the task key (QR of a
+``D x C`` Gaussian), identical on every machine and run. The encoder then learns to map each
+class onto its vector; zero-shot accuracy with such a head is chance level by construction.
+``ModelSpec.heads`` overrides the choice: ``"text"`` builds text heads from a random tower too
+(a real architecture run end to end without weights), ``"orthonormal"`` never uses the text.
 """
 
 from __future__ import annotations
@@ -47,15 +49,18 @@ def orthonormal_head(task: str, num_classes: int, dim: int) -> torch.Tensor:
 def build_heads(loaded: "LoadedModel", tasks: Sequence[Any]) -> dict[str, torch.Tensor]:
     """Heads for ``tasks`` (``TaskInfo``: ``key``, ``classnames``, ``templates``), keyed by task key.
 
-    Text heads when ``loaded.text_pretrained``, otherwise ``orthonormal_head`` (module docstring).
+    Text heads when ``loaded.text_heads``, otherwise ``orthonormal_head`` (module docstring).
     """
     heads = {}
     for info in tasks:
-        head = loaded.build_text_head(info.classnames, info.templates) if loaded.text_pretrained else None
+        head = loaded.build_text_head(info.classnames, info.templates) if loaded.text_heads else None
         if head is None:
             head = orthonormal_head(info.key, len(info.classnames), loaded.embed_dim)
         heads[info.key] = check_head(info.key, head, len(info.classnames), loaded.embed_dim)
-    kind = "zero-shot text" if loaded.text_pretrained else "deterministic orthonormal"
+    if loaded.text_heads:
+        kind = "zero-shot text" if loaded.text_pretrained else "text (from a random text tower)"
+    else:
+        kind = "deterministic orthonormal"
     log.info("built %s heads for %s", kind, ", ".join(heads))
     return heads
 

