@@ -24,7 +24,7 @@ from pactmerge.merging.pact import PACTConfig
 from pactmerge.merging.params import svd_options
 from pactmerge.merging.keys import KeyPolicy, matrix_shape
 from pactmerge.merging.registry import get_method, resolve_params
-from pactmerge.merging.sources import DictSource, check_finite, open_source, validate_sources
+from pactmerge.merging.sources import DictSource, check_finite, fingerprint, open_source, validate_sources
 from pactmerge.merging.spec import KeyContext
 from pactmerge.merging.task_vector import apply_task_vector
 
@@ -234,7 +234,9 @@ class _Engine:
                 taus, base = taus.reshape(T, B, m, n), base.reshape(B, m, n)
                 if self._pact_applies(keys[0]):
                     t0 = time.perf_counter()
-                    taus, diags = pact_mod.pact_filter_batch(base, taus, self.pact_cfg, keys, self.svd)
+                    taus, diags = pact_mod.pact_filter_batch(
+                        base, taus, self.pact_cfg, keys, self.svd, self.task_ids or None
+                    )
                     self._sync()
                     self.timings["pact"] += time.perf_counter() - t0
                     if record:
@@ -260,6 +262,10 @@ class _Engine:
     def run(self) -> MergeResult:
         start = time.perf_counter()
         validate_sources(self.pre, self.fts)
+        if self.task_ids is None and self.svd.svd == "randomized":
+            t0 = time.perf_counter()
+            self.task_ids = [fingerprint(src) for src in self.fts]
+            self.timings["fingerprint"] += time.perf_counter() - t0
         state: dict[str, Any] = {}
         if self.spec.prepare is not None:
             if self.cacheable:
@@ -270,7 +276,7 @@ class _Engine:
         tau: dict[str, Tensor] = {}
         for kind, keys, taus in self._items(record=True):
             t0 = time.perf_counter()
-            ctx = KeyContext(keys, state)
+            ctx = KeyContext(keys, state, tuple(self.task_ids or ()))
             if kind == "matrix":
                 merged = self.spec.merge_matrices(taus, self.mparams, ctx)
                 for b, key in enumerate(keys):
@@ -285,6 +291,9 @@ class _Engine:
         order = [k for k in self.pre.keys() if k in tau]
         tau = {k: tau[k] for k in order}
         diagnostics: dict[str, Any] = {"device": str(self.device), "num_tasks": len(self.fts)}
+        if self.task_ids is not None:
+            diagnostics["task_ids"] = list(self.task_ids)
+        diagnostics.update(state.get("diagnostics", {}))
         if self.spec.pact:
             diagnostics["pact"] = pact_mod.summarize({k: self._pact_diag[k] for k in order if k in self._pact_diag})
         self.timings["total"] = time.perf_counter() - start

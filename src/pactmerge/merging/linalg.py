@@ -16,6 +16,8 @@ width for batching and a zero column is equivalent to a dropped direction.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import Tensor
 
@@ -26,11 +28,12 @@ _NULL_EIG = 1e-13  # Gram eigenvalues below this fraction of the largest: exact 
 _SAFE_EIG = 1e-10  # above this fraction: the Gram route is accurate; in between: SVD fallback
 
 
-def top_svd(A: Tensor, r: int, opts: SVDOptions = SVDOptions()) -> tuple[Tensor, Tensor, Tensor]:
+def top_svd(A: Tensor, r: int, opts: SVDOptions = SVDOptions(), tags=None) -> tuple[Tensor, Tensor, Tensor]:
     """Top-``r`` singular triplets of ``A`` (..., m, n): U (..., m, r), S (..., r), V (..., n, r), float64.
 
-    ``opts.svd`` picks the exact (Gram + eigh) or randomized path. Zero singular directions
-    are zero columns (see the module docstring).
+    ``opts.svd`` picks the exact (Gram + eigh) or randomized path; ``tags`` (one string per
+    matrix, nested like ``A``'s leading dimensions) seed the randomized path's test matrices.
+    Zero singular directions are zero columns (see the module docstring).
     """
     m, n = A.shape[-2:]
     if r > min(m, n):
@@ -39,8 +42,8 @@ def top_svd(A: Tensor, r: int, opts: SVDOptions = SVDOptions()) -> tuple[Tensor,
         z = A.new_zeros((), dtype=torch.float64)
         return z.expand(*A.shape[:-2], m, 0), z.expand(*A.shape[:-2], 0), z.expand(*A.shape[:-2], n, 0)
     if opts.svd == "randomized":
-        U, S, Vh = randomized_svd(A, r, opts.oversample, opts.power_iters, opts.seed)
-        U, S, V = U.double(), S.double(), Vh.mT.double()
+        U, S, Vh = randomized_svd(A, r, opts.oversample, opts.power_iters, opts.seed, tags)
+        V = Vh.mT
     else:
         U, S, V = _top_svd_gram(A, r)
     keep = S > ZERO_SV * S[..., :1]
@@ -103,23 +106,59 @@ def singular_values(A: Tensor) -> Tensor:
     return torch.linalg.eigvalsh(G).flip(-1).clamp_min(0).sqrt()
 
 
-def randomized_svd(
-    A: Tensor, rank: int, oversample: int = 10, power_iters: int = 2, seed: int = 0
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Randomized truncated SVD (Halko, Martinsson & Tropp 2011): U (..., m, r), S (..., r), Vh (..., r, n).
+def derive_seed(seed: int, tag: str) -> int:
+    """A 63-bit generator seed from the merge seed and a matrix's tag (key, task identity, purpose)."""
+    digest = hashlib.blake2b(f"{int(seed)}\x00{tag}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
-    Gaussian test matrix with ``rank + oversample`` columns drawn on the CPU from ``seed`` (so
-    the result does not depend on the device's generator), ``power_iters`` power iterations
-    with QR re-orthonormalisation after every product. Computed in ``A``'s dtype (float32 or
-    float64; other dtypes are promoted to float32).
+
+def gaussian_test_matrices(lead: tuple[int, ...], n: int, ell: int, seed: int, tags=None) -> Tensor:
+    """Gaussian test matrices (*lead, n, ell), float64 on the CPU, one generator per matrix.
+
+    ``tags``: nested sequences of strings with shape ``lead`` (one per matrix); matrix i is
+    drawn from ``derive_seed(seed, tags[i])``, so it depends on its tag only, never on its
+    position in a batch. Without tags the flat batch index is the tag.
     """
-    if not A.dtype.is_floating_point or A.dtype in (torch.float16, torch.bfloat16):
-        A = A.float()
+    count = 1
+    for d in lead:
+        count *= d
+    flat = _flatten_tags(tags, lead) if tags is not None else [f"#{i}" for i in range(count)]
+    out = torch.empty(count, n, ell, dtype=torch.float64)
+    gen = torch.Generator(device="cpu")
+    for i, tag in enumerate(flat):
+        gen.manual_seed(derive_seed(seed, tag))
+        torch.randn(n, ell, generator=gen, dtype=torch.float64, out=out[i])
+    return out.reshape(*lead, n, ell)
+
+
+def _flatten_tags(tags, lead: tuple[int, ...]) -> list[str]:
+    if not lead:
+        if not isinstance(tags, str):
+            raise ValueError(f"expected one tag string, got {tags!r}")
+        return [tags]
+    if len(tags) != lead[0]:
+        raise ValueError(f"tags have {len(tags)} entries along a batch dimension of size {lead[0]}")
+    return [t for sub in tags for t in _flatten_tags(sub, lead[1:])]
+
+
+def randomized_svd(
+    A: Tensor, rank: int, oversample: int = 10, power_iters: int = 2, seed: int = 0, tags=None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Randomized truncated SVD (Halko, Martinsson & Tropp 2011): U (..., m, r), S (..., r), Vh (..., r, n), float64.
+
+    Gaussian test matrix with ``rank + oversample`` columns per matrix, drawn on the CPU from
+    a generator seeded by ``(seed, tag)`` (see ``gaussian_test_matrices``) and then moved to
+    ``A``'s device: the result does not depend on the device, the batch a matrix is part of,
+    or its position there. ``power_iters`` power iterations with QR re-orthonormalisation
+    after every product. Everything runs in float64 (products, QR and the small SVD), so the
+    only error left is the sketch's approximation error.
+    """
+    A = A.double()
     m, n = A.shape[-2:]
     ell = min(rank + oversample, m, n)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    omega = torch.randn(*A.shape[:-2], n, ell, generator=gen, dtype=A.dtype).to(A.device)
+    omega = gaussian_test_matrices(tuple(A.shape[:-2]), n, ell, seed, tags).to(A.device)
     Q = torch.linalg.qr(A @ omega).Q  # (..., m, ell)
+    del omega
     for _ in range(power_iters):
         Z = torch.linalg.qr(A.mT @ Q).Q
         Q = torch.linalg.qr(A @ Z).Q

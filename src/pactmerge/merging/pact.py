@@ -108,22 +108,33 @@ def _ranks(w0: Tensor, taus: Tensor, cfg: PACTConfig, keys: Sequence[str]) -> tu
     return torch.full((B,), K, dtype=torch.long), torch.full((T, B), k, dtype=torch.long)
 
 
-def _masked_top_vectors(A: Tensor, ranks: Tensor, svd: SVDOptions) -> Tensor:
+def _masked_top_vectors(A: Tensor, ranks: Tensor, svd: SVDOptions, tags=None) -> Tensor:
     """Top right singular vectors of A (..., m, n) with per-matrix rank ``ranks`` (...,): (..., n, max rank)."""
     rmax = int(ranks.max()) if ranks.numel() else 0
-    _, _, V = top_svd(A, rmax, svd)
+    _, _, V = top_svd(A, rmax, svd, tags)
     cols = torch.arange(rmax, device=V.device)
     return V * (cols < ranks.to(V.device).unsqueeze(-1)).unsqueeze(-2)
 
 
 def pact_filter_batch(
-    w0: Tensor, taus: Tensor, cfg: PACTConfig, keys: Sequence[str], svd: SVDOptions | None = None
+    w0: Tensor,
+    taus: Tensor,
+    cfg: PACTConfig,
+    keys: Sequence[str],
+    svd: SVDOptions | None = None,
+    task_ids: Sequence[str] | None = None,
 ) -> tuple[Tensor, list[list[dict]]]:
     """PACT on B same-shape matrix keys: w0 (B, m, n), taus (T, B, m, n) -> (cleaned like taus, diag[b][t]).
 
-    ``svd``: how the truncated SVDs of steps 1-2 are computed (default: exact).
+    ``svd``: how the truncated SVDs of steps 1-2 are computed (default: exact). Under
+    ``svd="randomized"`` the test matrix of ``V0`` is seeded by (seed, key, "pretrained") and
+    that of ``V_t`` by (seed, key, ``task_ids[t]``), so the result depends neither on the batch
+    nor on the order of the tasks (``task_ids`` defaults to the task positions).
     """
     svd = svd or SVDOptions()
+    ids = [str(t) for t in task_ids] if task_ids is not None else [f"#{t}" for t in range(taus.shape[0])]
+    pre_tags = [f"pact-pre|{key}|pretrained" for key in keys]
+    task_tags = [[f"pact-task|{key}|{tid}" for key in keys] for tid in ids]
     T, B, m, n = taus.shape
     norms = w0.double().flatten(1).norm(dim=1)
     for b in range(B):
@@ -133,9 +144,14 @@ def pact_filter_batch(
                 "exclude the key from PACT (pact_include) or merge without pact+"
             )
     K, k = _ranks(w0, taus, cfg, keys)
-    V0 = _masked_top_vectors(w0, K, svd)  # (B, n, K)
-    Vt = _masked_top_vectors(taus, k, svd)  # (T, B, n, k)
-    R, _ = orth_masked(V0 - Vt @ (Vt.mT @ V0), cfg.rtol, ref=1.0)  # (T, B, n, K'); scale of V0's unit columns
+    V0 = _masked_top_vectors(w0, K, svd, pre_tags)  # (B, n, K)
+    Vt = _masked_top_vectors(taus, k, svd, task_tags)  # (T, B, n, k)
+    # R_t's singular values are the sines of the angles between V0 and span(V_t); the tolerance
+    # is relative to the largest singular value of V0 (1 for K > 0: orthonormal columns), not to
+    # that of the residual itself, which would keep rounding noise when V0 lies inside span(V_t)
+    norms = V0.pow(2).sum(-2)  # (B, K)
+    ref = norms.amax(-1, keepdim=True).sqrt() if norms.shape[-1] else norms.new_ones(B, 1)  # (B, 1)
+    R, _ = orth_masked(V0 - Vt @ (Vt.mT @ V0), cfg.rtol, ref=ref)  # (T, B, n, K')
     if cfg.protect == "all":
         P = V0.unsqueeze(0).expand(T, *V0.shape)
     elif cfg.protect == "self":
@@ -180,7 +196,12 @@ def pact_filter_batch(
 
 
 def pact_filter(
-    w0: Tensor, taus: list[Tensor], config: PACTConfig, key: str = "<matrix>", svd: SVDOptions | None = None
+    w0: Tensor,
+    taus: list[Tensor],
+    config: PACTConfig,
+    key: str = "<matrix>",
+    svd: SVDOptions | None = None,
+    task_ids: Sequence[str] | None = None,
 ) -> tuple[list[Tensor], list[dict]]:
     """PACT for one matrix key: w0 (m, n), taus T tensors (m, n) -> (cleaned taus, one diagnostics dict per task).
 
@@ -190,7 +211,7 @@ def pact_filter(
     if not taus:
         raise MergeError("PACT needs at least one task vector")
     stacked = torch.stack([t for t in taus]).unsqueeze(1)  # (T, 1, m, n)
-    cleaned, diags = pact_filter_batch(w0.unsqueeze(0), stacked, config, [key], svd)
+    cleaned, diags = pact_filter_batch(w0.unsqueeze(0), stacked, config, [key], svd, task_ids)
     return list(cleaned[:, 0].unbind(0)), diags[0]
 
 

@@ -148,3 +148,35 @@ def validate_sources(pretrained, finetuned: Sequence) -> None:
 def check_finite(tensor: Tensor, key: str, source_name: str) -> None:
     if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
         raise MergeError(f"key {key!r} of {source_name} contains NaN or Inf values; the checkpoint is corrupt")
+
+
+_FINGERPRINT_KEYS = 4
+
+
+def fingerprint(source) -> str:
+    """A content fingerprint of a model: blake2b over the names, dtypes, shapes and bytes of its
+    ``_FINGERPRINT_KEYS`` largest floating-point tensors (ties broken by name), 16 hex digits.
+
+    Cheap (a few tensors are read, whatever the model's size) and independent of where the
+    model comes from (file or memory) or of its position in a merge's list. It serves as a
+    task's identity for seeding randomized SVDs; two models equal on those tensors share it,
+    which only means their test matrices are drawn alike.
+    """
+    import hashlib
+
+    floats = [k for k in source.keys() if source.meta(k).dtype.is_floating_point]
+    sizes = {k: _numel(source.meta(k).shape) for k in floats}
+    chosen = sorted(floats, key=lambda k: (-sizes[k], k))[:_FINGERPRINT_KEYS]
+    h = hashlib.blake2b(digest_size=8)
+    for key in sorted(chosen):
+        t = source.get(key).detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

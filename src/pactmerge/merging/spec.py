@@ -10,11 +10,24 @@ from torch import Tensor
 
 @dataclass
 class KeyContext:
-    """What a method sees besides the task vectors: the keys of the current call and a state
-    dict shared by all calls of one merge (filled by ``prepare``, read by ``finalize``)."""
+    """What a method sees besides the task vectors: the keys of the current call, a state
+    dict shared by all calls of one merge (filled by ``prepare``, read by ``finalize``), and
+    the tasks' identities (stable strings, in the order of the task axis).
+
+    ``state["diagnostics"]`` (a dict), when a method fills it, is copied into the result's
+    diagnostics.
+    """
 
     keys: list[str]
     state: dict[str, Any] = field(default_factory=dict)
+    task_ids: tuple[str, ...] = ()
+
+    def svd_tags(self, purpose: str) -> list[list[str]] | None:
+        """Seed tags (T, B) for randomized SVDs of the task vectors of ``keys``: (purpose, key, task
+        identity), never a position; None when the tasks' identities are unknown."""
+        if not self.task_ids:
+            return None
+        return [[f"{purpose}|{key}|{tid}" for key in self.keys] for tid in self.task_ids]
 
 
 # A stream of (key, task vectors (T, *shape) in the compute dtype) over every floating-point key,
@@ -55,5 +68,7 @@ def linear_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
 
 
 def mean_of_tasks(taus: Tensor, params: Any = None, ctx: KeyContext | None = None) -> Tensor:
-    """The plain mean of the task vectors over the task axis (the default rule for vector keys)."""
-    return taus.sum(0) / taus.shape[0]
+    """The plain mean of the task vectors over the task axis (the default rule for vector keys).
+
+    Summed in float64, so the order of the tasks changes nothing beyond float64 rounding."""
+    return (taus.double().sum(0) / taus.shape[0]).to(taus.dtype)

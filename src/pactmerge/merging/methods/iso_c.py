@@ -24,7 +24,7 @@ class Params(SVDOptions):
 
 
 def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
-    P, S = polar_and_singular_values(taus.sum(0))  # (B, m, n), (B, min(m, n))
+    P, S = polar_and_singular_values(taus.double().sum(0))  # (B, m, n), (B, min(m, n)); float64 sum: order-free
     return (S.mean(-1)[:, None, None] * P).to(taus.dtype)
 
 

@@ -41,13 +41,14 @@ def subspace_sizes(d: int, T: int, f: float) -> tuple[int, int]:
 def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
     T, B, m, n = taus.shape
     c, s = subspace_sizes(min(m, n), T, params.f)
-    Uc, Sc, Vc = top_svd(taus.sum(0), c, SVDOptions())  # common subspace: always exact
+    Uc, Sc, Vc = top_svd(taus.double().sum(0), c, SVDOptions())  # common subspace: always exact; float64
+    # sum, so the task order does not change Delta's bits beyond float64 rounding
     Us, Ss, Vs = [Uc], [Sc], [Vc]
     if s > 0:
         # residuals one task at a time, in the compute dtype; never forms U_c U_c^T
         Ucw = Uc.to(taus.dtype)
         resid = torch.stack([t - Ucw @ (Ucw.mT @ t) for t in taus])  # (T, B, m, n)
-        Ut, St, Vt = top_svd(resid, s, params)
+        Ut, St, Vt = top_svd(resid, s, params, ctx.svd_tags("iso_cts"))
         Us.append(concat_tasks(Ut))
         Ss.append(St.permute(1, 0, 2).reshape(B, T * s))
         Vs.append(concat_tasks(Vt))

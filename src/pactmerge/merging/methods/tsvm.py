@@ -40,7 +40,7 @@ def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
     r = min(m, n) // T
     if r == 0:
         return taus.new_zeros(B, m, n)
-    U, S, V = top_svd(taus, r, params)  # (T, B, m, r), (T, B, r), (T, B, n, r)
+    U, S, V = top_svd(taus, r, params, ctx.svd_tags("tsvm"))  # (T, B, m, r), (T, B, r), (T, B, n, r)
     S = S.permute(1, 0, 2).reshape(B, T * r)
     return whitened_product(concat_tasks(U), S, concat_tasks(V)).to(taus.dtype)
 
