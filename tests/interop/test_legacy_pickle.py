@@ -194,6 +194,17 @@ def test_no_tower_and_damaged_files(tmp_path):
     torch.save({"a.weight": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match="no image tower"):
         read_legacy_pickle(path)
+    # a zip archive cut short: its storages are gone
+    encoder_file = tmp_path / "cut.pt"
+    torch.save({"model.visual.conv1.weight": torch.randn(64, 64)}, encoder_file)
+    import zipfile
+
+    with zipfile.ZipFile(encoder_file) as zf, zipfile.ZipFile(tmp_path / "cut2.pt", "w") as out:
+        for info in zf.infolist():
+            if "/data/" not in info.filename:
+                out.writestr(info, zf.read(info))
+    with pytest.raises(CheckpointError, match=r"cut2\.pt: storage '0' is missing from the archive"):
+        read_legacy_pickle(tmp_path / "cut2.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt: neither a torch zip archive nor a torch pickle"):
         read_legacy_pickle(tmp_path / "junk.pt")

@@ -438,13 +438,16 @@ def read_legacy_pickle(path: str | Path) -> LegacyCheckpoint:
     source = str(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    if zipfile.is_zipfile(path):
-        obj, seen = _load_zip(path, source)
-    elif tarfile.is_tarfile(path):
+    if tarfile.is_tarfile(path) and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{source}: the tar format of torch < 0.4 is not supported; load it with that torch "
                               "in an isolated environment and save model.state_dict() instead")
-    else:
-        obj, seen = _load_stream(path, source)
+    try:
+        obj, seen = _load_zip(path, source) if zipfile.is_zipfile(path) else _load_stream(path, source)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a damaged or unusual pickle: placeholders and rebuilders fail in many ways
+        raise CheckpointError(f"{source}: cannot read this torch.save pickle ({type(exc).__name__}: {exc}); the file "
+                              "may be damaged. Nothing from it was executed.") from exc
     flat: dict[str, Tensor] = {}
     _walk(obj, "", flat, set())
     tower, prefix = _tower({k.replace("module.", "", 1) if k.startswith("module.") else k: v
