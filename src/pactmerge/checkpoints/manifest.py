@@ -179,7 +179,8 @@ def reindex(root: str | Path) -> dict[str, Any]:
             report["from_sidecar"].append(name)
             continue
         if kind_of(name) == "merged":
-            report["left_out"][name] = "no sidecar (merged entries need their recorded α and metrics); rebuilt by the next run"
+            report["left_out"][name] = ("no sidecar (merged entries need their recorded α and metrics); "
+                                        "rebuilt by the next run")
             continue
         try:
             tensors = len(read_safetensors_layout(path))
