@@ -23,6 +23,9 @@ def add_arguments(parser):
     parser.add_argument("--replace", action="store_true", help="replace fine-tuned entries imported from other files")
     parser.add_argument("--cache-dir", help="Hugging Face Hub cache directory for Hub ids")
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled torch files")
+    parser.add_argument("--legacy-pickle", action="store_true",
+                        help="read torch.save(model) pickles (task_vectors, tall_masks, AdaMerging: "
+                        "src.modeling.ImageEncoder) without running their code or needing their classes")
 
 
 def _parse_tasks(specs: list[str]) -> dict[str, str]:
@@ -67,8 +70,9 @@ def run(args) -> int:
 
     from pactmerge.errors import CheckpointError
     from pactmerge.fileio import sha256_file
-    from pactmerge.interop.files import load_encoder_file, weights_file
+    from pactmerge.interop.files import weights_file
     from pactmerge.interop.importer import conform, resolve_source
+    from pactmerge.interop.legacy_pickle import load_encoder
     from pactmerge.pipeline.model import load_model
     from pactmerge.pipeline.run import Study
 
@@ -83,7 +87,7 @@ def run(args) -> int:
     resolved = {}
     for task, source in sources.items():
         path = resolve_source(source, cache_dir=args.cache_dir)
-        state, layout = load_encoder_file(path, trust_pickle=args.trust_pickle)
+        state, layout = load_encoder(path, trust_pickle=args.trust_pickle, legacy_pickle=args.legacy_pickle)
         conform(state, layout, pretrained, name=f"task {task!r} checkpoint {source}")
         resolved[task] = path
         del state
@@ -98,7 +102,7 @@ def run(args) -> int:
     store = study.store
     for task, path in resolved.items():
         name = f"finetuned/{task}"
-        state, layout = load_encoder_file(path, trust_pickle=args.trust_pickle)
+        state, layout = load_encoder(path, trust_pickle=args.trust_pickle, legacy_pickle=args.legacy_pickle)
         state, filled = conform(state, layout, pretrained, name=f"task {task!r} checkpoint {sources[task]}")
         digest = sha256_file(weights_file(path))
         if store.has(name):
