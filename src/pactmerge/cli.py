@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from pactmerge.errors import PactmergeError
@@ -31,7 +30,9 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pactmerge", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", help="debug output, and other libraries' info lines")
+    loud.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"pactmerge.commands.{module_name}")
@@ -44,13 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # pactmerge's own progress at INFO; other libraries' chatter only at WARNING unless -v
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    logging.getLogger("pactmerge").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from pactmerge import console
+
+    # pactmerge's own progress at INFO; other libraries' chatter only in the run's log.txt
+    console.configure(console.VERBOSE if args.verbose else console.QUIET if args.quiet else console.NORMAL)
     try:
         return int(args._run(args) or 0)
     except PactmergeError as exc:

@@ -6,7 +6,9 @@ which the CPU crop-and-resize reads as channels-last without a transpose),
 description (task, source, split, source indices, image size, seed, count, layout). Each file is
 written to a temporary name and renamed when complete; the header is written last and is the
 commit marker, so an interrupted build leaves no header and is rebuilt, never read. Every finished
-build appends one line to ``<cache_dir>/builds.jsonl``.
+build appends one line to ``<cache_dir>/builds.jsonl``. The header also records
+``content_sha256``, the sha256 of the decoded pixels and labels (``content_hash``): the data's
+fingerprint in a result's provenance (a cache built before it existed gets it on first open).
 """
 
 from __future__ import annotations
@@ -46,6 +48,25 @@ def paths(cache_dir: str | Path, meta: dict) -> tuple[Path, Path, Path]:
     return stem.with_suffix(".u8"), stem.with_suffix(".labels.npy"), stem.with_suffix(".json")
 
 
+def content_hash(images: str | Path, labels: np.ndarray) -> str:
+    """sha256 of a cached split's content: the raw uint8 pixel file, then the int64 labels."""
+    h = hashlib.sha256()
+    with open(images, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def read_header(cache_dir: str | Path, meta: dict) -> dict | None:
+    """The stored header of the cache described by ``meta`` (None when absent or unreadable)."""
+    header = paths(cache_dir, meta)[2]
+    try:
+        return json.loads(header.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def open_cache(cache_dir: str | Path, meta: dict) -> tuple[Path, np.ndarray] | None:
     """(images path, labels) of a complete cache matching ``meta``; None when absent or incomplete."""
     images, labels, header = paths(cache_dir, meta)
@@ -66,6 +87,8 @@ def open_cache(cache_dir: str | Path, meta: dict) -> tuple[Path, np.ndarray] | N
     if not ok:
         log.warning("ignoring incomplete or mismatched cache %s; it will be rebuilt", header)
         return None
+    if "content_sha256" not in stored:  # built before fingerprints were recorded
+        write_json_atomic(header, {**stored, "content_sha256": content_hash(images, lab)})
     return images, lab
 
 
@@ -93,7 +116,8 @@ def build_cache(cache_dir: str | Path, meta: dict, source: DecodedDataset, num_w
     with atomic_path(labels) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, all_labels)
-    write_json_atomic(header, {**meta, "built_seconds": round(time.perf_counter() - t0, 3)})
+    write_json_atomic(header, {**meta, "built_seconds": round(time.perf_counter() - t0, 3),
+                               "content_sha256": content_hash(images, all_labels)})
     _log_build(Path(cache_dir), meta, time.perf_counter() - t0)
     return images, all_labels
 

@@ -151,6 +151,23 @@ class TaskDataModule(pl.LightningDataModule):
                                           num_workers=cfg.num_workers)
         return CachedDataset(found[0], found[1], size)
 
+    def fingerprint(self) -> dict[str, dict]:
+        """``{role: {"count": N, "sha256": content hash or None}}`` of the train / val / test splits.
+
+        The hash is the pre-decoded cache's ``content_sha256`` (pixels and labels); without a
+        ``cache_dir`` there is no stored content to hash and ``sha256`` is None.
+        """
+        out = {}
+        for role, (split, idx) in self.split_indices().items():
+            sha = None
+            if self.config.cache_dir is not None:
+                meta = cache_mod.describe(self.task.key, self.source_spec().describe(), role, split, idx,
+                                          self.config.image_size, self.config.seed)
+                if cache_mod.open_cache(self.config.cache_dir, meta) is not None:
+                    sha = (cache_mod.read_header(self.config.cache_dir, meta) or {}).get("content_sha256")
+            out[role] = {"count": int(len(idx)), "sha256": sha}
+        return out
+
     def finishes_in_loader(self) -> bool:
         """Whether loaders deliver finished float batches (tensor path on the CPU); see the class docstring."""
         if not self.tensor_path:

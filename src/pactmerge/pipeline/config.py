@@ -54,7 +54,8 @@ class ComparisonsConfig:
 class MergeConfig:
     """Merge methods to build and how to choose their scaling coefficient α."""
 
-    methods: list[str] = field(
+    # method names, or "all": every base method of the registry (expanded by pipeline.merge_stage)
+    methods: list[str] | Literal["all"] = field(
         default_factory=lambda: ["weight_averaging", "task_arithmetic", "ties", "tsvm", "iso_c", "iso_cts"]
     )
     # PACT variants built for every method: "none" (the method alone), "exact", "randomized"
@@ -156,7 +157,142 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
         node[parts[-1]] = yaml.safe_load(value)
-    return from_dict(RunConfig, raw, where=str(src))
+    _refuse_derived_data_keys(raw, str(src))
+    cfg = from_dict(RunConfig, raw, where=str(src))
+    validate(cfg, where=str(src))
+    return cfg
+
+
+# data options that a study derives from other sections: set them there
+_DERIVED_DATA_KEYS = {
+    "batch_size": "recipe.batch_size",
+    "image_size": "the model (model.image_size, or its own preprocessing config)",
+    "mean": "the model's preprocessing config",
+    "std": "the model's preprocessing config",
+}
+_PRECISIONS = ("auto", "32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true")
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed_everything bound
+
+
+def _refuse_derived_data_keys(raw: Mapping[str, Any], where: str) -> None:
+    data = raw.get("data")
+    if isinstance(data, Mapping):
+        for key, source in _DERIVED_DATA_KEYS.items():
+            if key in data:
+                raise ConfigError(f"{where}: data.{key} is not a study option: a study takes it from {source}; "
+                                  f"remove data.{key}")
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))
+
+
+def validate(cfg: RunConfig, *, where: str = "config") -> None:
+    """Check every value for meaning (ranges, choices, method names and parameters), not only type.
+
+    Runs at load time, before any directory is touched, so a bad value fails in seconds with
+    the dotted key named rather than minutes later (or never).
+    """
+    def bad(key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{where}: {key} {msg}")
+
+    if not str(cfg.output_dir).strip():
+        raise bad("output_dir", "is empty; give a directory for the run (e.g. runs/my-study)")
+    for key, seed in (("seed", cfg.seed), ("recipe.seed", cfg.recipe.seed), ("data.seed", cfg.data.seed)):
+        if not 0 <= seed <= SEED_MAX:
+            raise bad(key, f"= {seed} is out of range: use an integer in [0, {SEED_MAX}]")
+    r = cfg.recipe
+    for key in ("lr", "weight_decay", "grad_clip"):
+        v = getattr(r, key)
+        if not _finite(v):
+            raise bad(f"recipe.{key}", f"= {v} is not a finite number")
+    if r.lr <= 0:
+        raise bad("recipe.lr", f"= {r.lr} must be > 0")
+    if r.weight_decay < 0:
+        raise bad("recipe.weight_decay", f"= {r.weight_decay} must be >= 0")
+    if r.grad_clip < 0:
+        raise bad("recipe.grad_clip", f"= {r.grad_clip} must be >= 0 (0 turns clipping off)")
+    for key in ("batch_size", "max_steps", "ckpt_every_n_steps", "log_every_n_steps"):
+        if getattr(r, key) < 1:
+            raise bad(f"recipe.{key}", f"= {getattr(r, key)} must be >= 1")
+    if r.warmup_steps < 0:
+        raise bad("recipe.warmup_steps", f"= {r.warmup_steps} must be >= 0")
+    if r.precision not in _PRECISIONS:
+        raise bad("recipe.precision", f"= {r.precision!r} is not a precision; use one of {', '.join(_PRECISIONS)}")
+    if not _finite(float(r.limit_val_batches)) or r.limit_val_batches <= 0:
+        raise bad("recipe.limit_val_batches", f"= {r.limit_val_batches} must be > 0")
+    c = cfg.comparisons
+    if c.joint_steps is not None and c.joint_steps < 1:
+        raise bad("comparisons.joint_steps", f"= {c.joint_steps} must be >= 1 (or unset for the default)")
+    _validate_tasks(cfg, bad)
+    _validate_merge(cfg, bad)
+    _validate_cluster(cfg, bad)
+
+
+def _validate_tasks(cfg: RunConfig, bad) -> None:
+    from pactmerge.datamodules import benchmark_tasks, get_task
+
+    try:
+        if cfg.tasks.names:
+            tasks = [get_task(t).key for t in cfg.tasks.names]
+        elif cfg.tasks.benchmark:
+            tasks = list(benchmark_tasks(cfg.tasks.benchmark))
+        else:
+            raise bad("tasks", "is empty: set tasks.benchmark (8, 14, 20, offline) or tasks.names (a list of task keys)")
+    except ConfigError:
+        raise
+    except Exception as exc:  # the task registry's own message names the task and the known ones
+        raise bad("tasks", f"is invalid: {exc}") from None
+    if len(set(tasks)) != len(tasks):
+        raise bad("tasks.names", f"lists a task twice: {tasks}")
+    order = cfg.comparisons.sequential_order
+    if order is not None:
+        try:
+            keys = [get_task(t).key for t in order]
+        except Exception as exc:
+            raise bad("comparisons.sequential_order", f"is invalid: {exc}") from None
+        if sorted(keys) != sorted(tasks):
+            raise bad("comparisons.sequential_order", f"= {list(order)} must list exactly the study's tasks "
+                      f"{tasks}, each once")
+
+
+def _validate_merge(cfg: RunConfig, bad) -> None:
+    m = cfg.merge
+    if m.alpha is not None and not _finite(m.alpha):
+        raise bad("merge.alpha", f"= {m.alpha} is not a finite number")
+    if m.alpha_grid is not None:
+        if not m.alpha_grid:
+            raise bad("merge.alpha_grid", "is empty; list the α values to search, or remove it for the default grid")
+        for i, a in enumerate(m.alpha_grid):
+            if not _finite(a):
+                raise bad(f"merge.alpha_grid[{i}]", f"= {a} is not a finite number")
+    if m.device != "auto":
+        if not (m.device == "cpu" or m.device == "cuda" or
+                (m.device.startswith("cuda:") and m.device[5:].isdigit())):
+            raise bad("merge.device", f"= {m.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    from pactmerge.errors import MergeError
+    from pactmerge.merging import get_method
+
+    methods = m.methods if isinstance(m.methods, (list, tuple)) else [m.methods]
+    for i, name in enumerate(methods):
+        if name == "all":
+            continue
+        try:
+            get_method(name)
+        except MergeError as exc:
+            raise bad(f"merge.methods[{i}]", f"= {name!r}: {exc}") from None
+
+
+def _validate_cluster(cfg: RunConfig, bad) -> None:
+    d = cfg.cluster.devices
+    ok = (isinstance(d, int) and (d >= 1 or d == -1)) or d == "auto" or (
+        isinstance(d, str) and all(p.strip().lstrip("-").isdigit() for p in d.split(",") if p.strip())
+        and d.strip() not in ("", ","))
+    if not ok:
+        raise bad("cluster.devices", f"= {d!r} is not a device count or list; use an integer, -1 (all), 'auto' "
+                  "or a comma-separated list of device indices")
+    if cfg.cluster.num_nodes < 1:
+        raise bad("cluster.num_nodes", f"= {cfg.cluster.num_nodes} must be >= 1")
 
 
 def from_dict(cls: type, data: Mapping[str, Any], *, where: str = "config", prefix: str = "") -> Any:

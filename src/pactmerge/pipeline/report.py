@@ -8,8 +8,10 @@ without PACT; columns: the tasks, the absolute average and the normalized averag
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,16 @@ def csv_text(rows: list[dict[str, Any]], tasks: list[str]) -> str:
     return buf.getvalue()
 
 
+def read_provenance(run_dir: Path) -> dict[str, Any] | None:
+    """The run's provenance record (``run.json``'s ``provenance``), or None for older runs."""
+    try:
+        info = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    prov = info.get("provenance") if isinstance(info, dict) else None
+    return prov if isinstance(prov, dict) else None
+
+
 def write_report(run_dir: str | Path, tasks: list[str] | None = None) -> dict[str, Path]:
     """Write the report files into ``run_dir``; returns name -> path."""
     run_dir = Path(run_dir)
@@ -106,9 +118,19 @@ def write_report(run_dir: str | Path, tasks: list[str] | None = None) -> dict[st
     if not rows:
         raise StageError(f"{run_dir}: nothing has been evaluated yet; run `pactmerge evaluate CONFIG` first")
     paths = {"json": run_dir / "results.json", "csv": run_dir / "results.csv", "md": run_dir / "results.md"}
-    write_json_atomic(paths["json"], {"tasks": tasks, "rows": rows})
+    results: dict[str, Any] = {"tasks": tasks, "rows": rows}
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # seconds per stage, from pipeline.study
+        results["timings"] = json.loads((run_dir / "timings.json").read_text())["stages"]
+    prov = read_provenance(run_dir)
+    table = markdown_table(rows, tasks)
+    if prov:
+        results["provenance"] = prov
+        from pactmerge.provenance import footer
+
+        table += f"\n{footer(prov)}\n"
+    write_json_atomic(paths["json"], results)
     write_text_atomic(paths["csv"], csv_text(rows, tasks))
-    write_text_atomic(paths["md"], markdown_table(rows, tasks))
+    write_text_atomic(paths["md"], table)
     from pactmerge.pipeline.plots import write_plots
 
     paths.update(write_plots(run_dir, rows, tasks))

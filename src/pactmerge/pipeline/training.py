@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
 from pactmerge.errors import ConfigError, StageError
@@ -54,17 +54,103 @@ def _accelerator(trainer_kwargs: Mapping[str, Any]) -> str:
     return str(acc)
 
 
+class StepProgressBar(TQDMProgressBar):
+    """One bar per fit, counted in optimizer steps (``finetuned/mnist  40/60``) with its ETA.
+
+    Lightning's own bar restarts every epoch and titles it with the epoch, which a step-based
+    fit (``max_epochs=-1``) shows as ``Epoch 0/-2``. Validation passes get no bar of their own.
+    """
+
+    def __init__(self, description: str, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=False)
+        self.description = description
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset(total=trainer.max_steps)
+        self.train_progress_bar.n = self.train_progress_bar.initial = trainer.global_step
+        self.train_progress_bar.set_description(self.description)
+        self.train_progress_bar.unit = "step"
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        pass  # one bar for the whole fit
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable and trainer.global_step % max(1, self.refresh_rate) == 0:
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.train_progress_bar is not None:
+            self.train_progress_bar.close()
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.train_progress_bar is not None and trainer.state.fn == "fit":
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+def _stage_title(ckpt_dir: Path) -> str:
+    """``finetuned/mnist`` for ``RUN/lightning/finetuned/mnist``: the path below ``lightning/``."""
+    parts = Path(ckpt_dir).parts
+    if "lightning" in parts:
+        below = parts[len(parts) - parts[::-1].index("lightning"):]
+        if below:
+            return "/".join(below)
+    return Path(ckpt_dir).name
+
+
+def build_loggers(ckpt_dir: Path, names: Any = ("csv",)) -> list[Any]:
+    """Lightning loggers of one fit, all writing under ``ckpt_dir/logs``: ``csv`` (always available)
+    and ``tensorboard`` (when the ``tensorboard`` package is installed; skipped with a warning otherwise)."""
+    loggers: list[Any] = []
+    for name in names:
+        if name == "csv":
+            loggers.append(CSVLogger(save_dir=ckpt_dir, name="logs", version=0))
+        elif name == "tensorboard":
+            try:
+                from pytorch_lightning.loggers import TensorBoardLogger
+
+                loggers.append(TensorBoardLogger(save_dir=ckpt_dir, name="logs", version="tensorboard"))
+            except (ImportError, ModuleNotFoundError) as exc:
+                log.warning("tensorboard logger requested but not available (%s); pip install tensorboard", exc)
+        else:
+            raise ConfigError(f"unknown logger {name!r}; use csv or tensorboard")
+    return loggers
+
+
 def build_trainer(recipe: Recipe, ckpt_dir: Path, trainer_kwargs: Mapping[str, Any] | None = None,
                   callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
-    """A Trainer for one stage: step-based, clipped, checkpointing ``last.ckpt`` into ``ckpt_dir``."""
+    """A Trainer for one stage: step-based, clipped, checkpointing ``last.ckpt`` into ``ckpt_dir``.
+
+    ``trainer_kwargs["loggers"]`` (default ``["csv"]``) names the loggers (``build_loggers``);
+    every other key reaches ``pl.Trainer`` unchanged.
+    """
     trainer_kwargs = dict(trainer_kwargs or {})
     acc = _accelerator(trainer_kwargs)
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                            every_n_train_steps=recipe.ckpt_every_n_steps)
+    loggers = build_loggers(Path(ckpt_dir), trainer_kwargs.pop("loggers", ("csv",)))
     kwargs: dict[str, Any] = dict(
         max_steps=recipe.max_steps, max_epochs=-1, precision=recipe.resolved_precision(acc),
         gradient_clip_val=recipe.grad_clip or None, default_root_dir=ckpt_dir,
-        logger=CSVLogger(save_dir=ckpt_dir, name="logs", version=0),
+        logger=loggers or False,
         log_every_n_steps=recipe.log_every_n_steps, limit_val_batches=recipe.limit_val_batches,
         num_sanity_val_steps=0, enable_progress_bar=True, enable_model_summary=False,
     )
@@ -73,7 +159,9 @@ def build_trainer(recipe: Recipe, ckpt_dir: Path, trainer_kwargs: Mapping[str, A
         kwargs["check_val_every_n_epoch"] = None  # step-based validation may cross epoch ends
     extra = list(trainer_kwargs.pop("callbacks", []))
     kwargs.update(trainer_kwargs)
-    kwargs["callbacks"] = [ckpt, *(callbacks or []), *extra]
+    bar = [] if any(isinstance(c, TQDMProgressBar) for c in [*(callbacks or []), *extra]) else \
+        [StepProgressBar(_stage_title(Path(ckpt_dir)))]
+    kwargs["callbacks"] = [ckpt, *(callbacks or []), *extra, *bar]
     return pl.Trainer(**kwargs)
 
 
