@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pactmerge.pipeline.alpha import search_alpha
+from pactmerge.pipeline.merge_stage import search_alpha
 
 GRID = [round(0.1 * i, 1) for i in range(21)]  # 0.0 .. 2.0, the specification's default
 

@@ -111,3 +111,20 @@ def test_killed_run_resumes_and_finishes(tiny_config, tmp_path):
     entries = _manifest(run)["entries"]
     assert "finetuned/digits" in entries and "merged/task_arithmetic" in entries
     assert entries["finetuned/digits"]["steps"] == 400
+
+
+def test_task_names_in_any_spelling_work_end_to_end(tiny_config, tmp_path, capsys):
+    cfg = tiny_config(tasks={"names": ["Digits", "FACES"]}, comparisons={"joint": False, "sequential": False},
+                      merge={"methods": ["task_arithmetic"], "pact": ["none"]})
+    run = tmp_path / "run"
+    assert main(["run", str(cfg)]) == 0
+    entries = _manifest(run)["entries"]
+    for name in ("heads/digits", "heads/faces", "finetuned/digits", "finetuned/faces", "merged/task_arithmetic"):
+        assert name in entries, name
+    rows = json.loads((run / "results.json").read_text())["rows"]
+    assert all(set(r["accuracy"]) == {"digits", "faces"} for r in rows)
+    timings = json.loads((run / "timings.json").read_text())["stages"]
+    assert {"prepare", "finetune_individual", "merge", "evaluate"} <= set(timings)
+    before = entries["finetuned/digits"]["sha256"]
+    assert main(["finetune", str(cfg), "--task", "DIGITS"]) == 0  # the same task under another spelling: done
+    assert _manifest(run)["entries"]["finetuned/digits"]["sha256"] == before

@@ -1,6 +1,7 @@
-"""Lightning callbacks: ``MergeCallback`` builds the merged encoders once the fine-tunes exist."""
+"""Lightning callbacks: ``StoreEncoderCallback`` stores a finished fine-tune; ``MergeCallback`` runs the
+merge stage (``pactmerge.pipeline.merge_stage``) when a fit ends."""
 
-from pactmerge.callbacks.merge import MergeCallback, MergeSpec, merge_specs
+from pactmerge.callbacks.merge import MergeCallback
 from pactmerge.callbacks.store import StoreEncoderCallback
 
-__all__ = ["MergeCallback", "MergeSpec", "StoreEncoderCallback", "merge_specs"]
+__all__ = ["MergeCallback", "StoreEncoderCallback"]

@@ -16,9 +16,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, optional: bool = Tr
                         help="if the output directory belongs to another config, move it aside and start over")
 
 
-def open_study(args: argparse.Namespace):
+def load_args_config(args: argparse.Namespace):
+    """(RunConfig, the text recorded as RUN_DIR/config.yaml) of the command's arguments."""
     from pactmerge.pipeline.config import DEFAULT_CONFIG, load_config
-    from pactmerge.pipeline.run import Study
 
     overrides = list(args.overrides)
     if args.output_dir:
@@ -27,4 +27,21 @@ def open_study(args: argparse.Namespace):
     text = Path(args.config or DEFAULT_CONFIG).read_text()
     if overrides:
         text += "".join(f"# --set {o}\n" for o in overrides)
-    return Study(cfg, force=args.force, config_text=text)
+    return cfg, text
+
+
+def open_context(args: argparse.Namespace, tasks=None):
+    """The ``RunContext`` of the command's config: resolved (model; data of ``tasks``, default all),
+    then its run directory claimed."""
+    from pactmerge.pipeline.study import open_study as _open
+
+    cfg, text = load_args_config(args)
+    return _open(cfg, force=args.force, config_text=text, tasks=tasks)
+
+
+def open_study(args: argparse.Namespace):
+    """``open_context`` wrapped in the ``Study`` facade (``.merge()``, ``.evaluate()``, ...)."""
+    from pactmerge.pipeline.run import Study
+
+    ctx = open_context(args)
+    return Study(ctx.cfg, ctx=ctx)

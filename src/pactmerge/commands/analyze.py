@@ -86,7 +86,7 @@ def load_models(args):
 def run(args) -> int:
     from pactmerge.analysis.lbw import LBWConfig, analyze_states
     from pactmerge.analysis.plots import report_figures
-    from pactmerge.commands.transfer import parse_params
+    from pactmerge.coerce import parse_key_values
     from pactmerge.errors import ConfigError, StageError
     from pactmerge.fileio import write_json_atomic
 
@@ -96,8 +96,12 @@ def run(args) -> int:
         strengths = tuple(float(s) for s in args.strengths.split(","))
     except ValueError as exc:
         raise ConfigError(f"--strengths {args.strengths!r}: expected comma-separated numbers") from exc
+    try:
+        pact_params = parse_key_values(args.pact_param, "--pact-param")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     cfg = LBWConfig(K=args.K, k=args.k, top_fraction=args.top_fraction, pact=not args.no_pact,
-                    pact_params=parse_params(args.pact_param, "--pact-param"), conv_as_matrix=args.conv_as_matrix,
+                    pact_params=pact_params, conv_as_matrix=args.conv_as_matrix,
                     exclude=tuple(args.exclude), svd=args.svd, device=args.device)
     pre, ft, provenance = load_models(args)
     report = analyze_states(pre, ft, cfg)

@@ -1,6 +1,6 @@
 """``pactmerge evaluate CONFIG``: test accuracy of the zero-shot, individual, joint and sequential models."""
 
-from pactmerge.commands._study import add_config_arguments, open_study
+from pactmerge.commands._study import add_config_arguments, open_context
 
 HELP = "evaluate the zero-shot, individual, joint and sequential encoders of a study on the test splits"
 
@@ -10,6 +10,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    study = open_study(args)
-    study.evaluate()
+    from pactmerge.pipeline import stages
+
+    stages.evaluate(open_context(args))
     return 0

@@ -1,6 +1,6 @@
 """``pactmerge finetune CONFIG --task X | --joint | --sequential``: one fine-tuning stage."""
 
-from pactmerge.commands._study import add_config_arguments, open_study
+from pactmerge.commands._study import add_config_arguments, open_context
 
 HELP = "run one fine-tuning stage of a study (one job of a job array)"
 
@@ -15,12 +15,15 @@ def add_arguments(parser):
 
 
 def run(args):
-    study = open_study(args)
+    from pactmerge.pipeline import stages
+
+    # one job of an array opens the data of its own task only
+    ctx = open_context(args, tasks=args.task if args.task else None)
     if args.joint:
-        study.finetune_joint()
+        stages.finetune_joint(ctx)
     elif args.sequential:
-        study.finetune_sequential()
+        stages.finetune_sequential(ctx)
     else:
-        for task in (study.tasks if args.all else args.task):
-            study.finetune_task(task)
+        for task in (ctx.task_keys if args.all else args.task):
+            stages.finetune_individual(ctx, task)
     return 0

@@ -74,7 +74,8 @@ def run(args) -> int:
     from pactmerge.interop.importer import conform, resolve_source
     from pactmerge.interop.legacy_pickle import load_encoder
     from pactmerge.pipeline.model import load_model
-    from pactmerge.pipeline.run import Study
+    from pactmerge.pipeline import stages
+    from pactmerge.pipeline.context import RunContext, claim
 
     log = logging.getLogger("pactmerge.import")
     sources = _parse_tasks(args.task)
@@ -92,14 +93,14 @@ def run(args) -> int:
         resolved[task] = path
         del state
 
-    study = Study(cfg, config_text=yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    study.loaded = loaded  # the model is loaded already; Study caches it per instance
-    study.prepare()  # pre-trained encoder (binds the store) and the tasks' frozen heads
+    ctx = RunContext(cfg, loaded=loaded)  # the model is loaded already
+    claim(ctx, config_text=yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    stages.prepare(ctx)  # pre-trained encoder (binds the store) and the tasks' frozen heads
     if not loaded.text_pretrained:
         log.warning("the pre-trained model has no trained text tower: its heads are not CLIP zero-shot heads, "
                     "so accuracies of imported CLIP checkpoints will not be meaningful; pass --pretrained or a "
                     "full open_clip --weights file")
-    store = study.store
+    store = ctx.store
     for task, path in resolved.items():
         name = f"finetuned/{task}"
         state, layout = load_encoder(path, trust_pickle=args.trust_pickle, legacy_pickle=args.legacy_pickle)

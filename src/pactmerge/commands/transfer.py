@@ -42,17 +42,14 @@ def parse_task_vector(spec: str) -> tuple[str, str, str | None]:
 
 
 def parse_params(items: list[str], option: str) -> dict:
-    import yaml
-
+    """``KEY=VALUE`` items of ``option`` (values read as YAML scalars); ``ConfigError`` naming the option."""
+    from pactmerge.coerce import parse_key_values
     from pactmerge.errors import ConfigError
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{option} {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    try:
+        return parse_key_values(items, option)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def run(args) -> int:

@@ -1,6 +1,6 @@
 """pactmerge.pipeline: model loading, frozen heads, the ``CLIPFineTuner``, training modes,
-evaluation, and the study orchestration (``Study``) behind ``pactmerge run``.
+evaluation, and the study behind ``pactmerge run``: ``context`` (``RunContext``), ``stages``,
+``merge_stage`` and ``study`` (see docs/architecture.md).
 
-Import what you need from the submodules (``pactmerge.pipeline.model``, ``.heads``,
-``.finetuner``, ``.training``, ``.evaluate``, ``.run``); nothing heavy happens at import time.
+Import what you need from the submodules; nothing heavy happens at import time.
 """

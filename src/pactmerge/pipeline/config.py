@@ -104,7 +104,12 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        """Plain values of every option a user sets (the data options a study derives from
+        the model and the recipe, ``_DERIVED_DATA_KEYS``, are left out)."""
+        d = _to_plain(self)
+        for key in _DERIVED_DATA_KEYS:
+            d["data"].pop(key, None)
+        return d
 
     def identity(self) -> dict[str, Any]:
         """The parts of the config that determine results (what makes an output directory "the same run")."""

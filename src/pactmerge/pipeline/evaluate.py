@@ -11,17 +11,14 @@ import contextlib
 import logging
 from typing import Mapping
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pactmerge.merging import resolve_device
+from pactmerge.pipeline.heads import head_logits
+
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _autocast(device: torch.device):
@@ -71,7 +68,7 @@ def evaluate_encoder(
                 batch = dm.gpu_transform(batch, train=False)
                 with _autocast(dev):
                     feats = encoder(batch["images"])
-                logits = logit_scale * F.normalize(feats.float(), dim=-1) @ head.T
+                logits = head_logits(feats.float(), head, logit_scale)
                 correct += (logits.argmax(-1) == batch["labels"]).sum().item()
                 total += batch["labels"].numel()
             if total == 0:
@@ -91,3 +88,46 @@ def summarize(accs: Mapping[str, float], reference: Mapping[str, float] | None =
     else:
         out["avg_normalized"] = None
     return out
+
+
+class SplitSubset:
+    """A fixed, seeded subset of one split of a set-up ``TaskDataModule``, usable wherever
+    ``evaluate_encoder`` takes a data module (it has ``val_dataloader`` / ``test_dataloader``
+    and ``gpu_transform``). ``size`` examples are drawn without replacement by
+    ``numpy.random.default_rng(seed)`` from the split's positions and kept in sorted order;
+    a split of at most ``size`` examples is used whole.
+    """
+
+    def __init__(self, dm, split: str, size: int, seed: int) -> None:
+        from torch.utils.data import Subset
+
+        role = "val" if split == "val" else "test"
+        if role not in dm.datasets:
+            dm.setup()
+        dataset = dm.datasets[role]
+        n = len(dataset)
+        if size >= n:
+            self.indices = list(range(n))
+        else:
+            self.indices = sorted(np.random.default_rng(seed).choice(n, size=size, replace=False).tolist())
+        self.dm, self.split, self.dataset = dm, split, Subset(dataset, self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _loader(self):
+        from torch.utils.data import DataLoader
+
+        cfg = self.dm.config
+        return DataLoader(self.dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
+                          collate_fn=self.dm.collate_fn(False), pin_memory=torch.cuda.is_available(),
+                          persistent_workers=cfg.num_workers > 0, drop_last=False)
+
+    def val_dataloader(self):
+        return self._loader()
+
+    def test_dataloader(self):
+        return self._loader()
+
+    def gpu_transform(self, batch: dict, train: bool) -> dict:
+        return self.dm.gpu_transform(batch, train)

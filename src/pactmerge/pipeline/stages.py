@@ -1,0 +1,153 @@
+"""The stages of a study, each a plain function of a ``RunContext``.
+
+Every stage is idempotent: it reads the checkpoint store's manifest and skips what is
+already there, so a rerun continues an interrupted study, and each stage can run alone
+(``pactmerge finetune --task X`` as one job of an array, ``merge``, ``evaluate``, ``report``).
+Each returns True when it did work (False when it found everything done), which the study
+uses for its ``timings``. The merge stage lives in ``pipeline.merge_stage``.
+
+Every fine-tune is written to the store once, here, from the state its fit returns (the fit's
+own ``final.safetensors`` beside its Lightning checkpoints is what makes a finished fit
+resumable; it is not a store entry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from pactmerge.errors import StageError
+from pactmerge.pipeline.context import RunContext
+
+log = logging.getLogger(__name__)
+
+
+def prepare(ctx: RunContext) -> bool:
+    """Store the pre-trained encoder (binding the store to the model) and every task's frozen head."""
+    store, loaded = ctx.store, ctx.loaded
+    store.bind(loaded.model_config, loaded.weights_sha256)
+    did = False
+    if not store.has("pretrained"):
+        store.save_state("pretrained", loaded.encoder_state(),
+                         {"kind": "pretrained", "model": dataclasses.asdict(ctx.cfg.model)})
+        did = True
+    missing = [info for info in ctx.tasks if not store.has_head(info.key)]
+    if missing:
+        from pactmerge.pipeline.heads import build_heads
+
+        for key, head in build_heads(loaded, missing).items():
+            store.save_head(key, head, {"task": key, "text_pretrained": loaded.text_pretrained})
+        did = True
+    return did
+
+
+def _fit_meta(ckpt_dir: Path) -> dict[str, Any]:
+    """Steps and final validation metrics of a finished fit, from its summary file."""
+    from pactmerge.pipeline.training import read_summary
+
+    summary = read_summary(ckpt_dir) or {}
+    return {"steps": summary.get("steps"), "metrics": {"fit": summary.get("metrics", {})}}
+
+
+def finetune_individual(ctx: RunContext, task: str) -> bool:
+    """Individual fine-tuning on ``task`` alone, from the pre-trained weights -> ``finetuned/<task>``."""
+    from pactmerge.pipeline.training import fit_individual
+
+    key = ctx.task_key(task)
+    name = f"finetuned/{key}"
+    if ctx.store.has(name):
+        log.info("%s: already fine-tuned, skipping", key)
+        return False
+    prepare(ctx)
+    ckpt_dir = ctx.store.lightning_dir(name)
+    state = fit_individual(ctx.loaded, ctx.heads(), ctx.datamodule(key), ctx.cfg.recipe, ckpt_dir=ckpt_dir,
+                           trainer_kwargs=ctx.trainer_kwargs())
+    ctx.store.save_state(name, state, {"kind": "finetuned", "task": key, "recipe": ctx.cfg.recipe.to_dict(),
+                                       **_fit_meta(ckpt_dir)})
+    return True
+
+
+def joint_recipe(ctx: RunContext):
+    """The recipe of joint training: ``comparisons.joint_steps`` steps, default max_steps × tasks."""
+    steps = ctx.cfg.comparisons.joint_steps or ctx.cfg.recipe.max_steps * len(ctx.tasks)
+    return dataclasses.replace(ctx.cfg.recipe, max_steps=steps)
+
+
+def finetune_joint(ctx: RunContext) -> bool:
+    """Joint multi-task fine-tuning (every batch from one task, through its head) -> ``joint``."""
+    from pactmerge.datamodules import MultiTaskDataModule
+    from pactmerge.pipeline.training import fit_joint
+
+    if ctx.store.has("joint"):
+        log.info("joint: already trained, skipping")
+        return False
+    prepare(ctx)
+    sampling = ctx.cfg.comparisons.joint_sampling
+    multi = MultiTaskDataModule(list(ctx.datamodules().values()), sampling=sampling, seed=ctx.cfg.seed)
+    recipe = joint_recipe(ctx)
+    ckpt_dir = ctx.store.lightning_dir("joint")
+    state = fit_joint(ctx.loaded, ctx.heads(), multi, recipe, ckpt_dir=ckpt_dir, trainer_kwargs=ctx.trainer_kwargs())
+    ctx.store.save_state("joint", state, {"kind": "joint", "tasks": ctx.task_keys, "sampling": sampling,
+                                          "recipe": recipe.to_dict(), **_fit_meta(ckpt_dir)})
+    return True
+
+
+def finetune_sequential(ctx: RunContext) -> bool:
+    """Sequential fine-tuning, one task after another, each from the previous result -> ``sequential``."""
+    from pactmerge.datamodules import SequentialSchedule
+    from pactmerge.pipeline.training import fit_sequential
+
+    if ctx.store.has("sequential"):
+        log.info("sequential: already trained, skipping")
+        return False
+    prepare(ctx)
+    order = ctx.sequential_order()
+    schedule = SequentialSchedule([ctx.datamodule(t) for t in order])
+    ckpt_dir = ctx.store.lightning_dir("sequential")
+    state = fit_sequential(ctx.loaded, ctx.heads(), schedule, ctx.cfg.recipe, ckpt_dir=ckpt_dir,
+                           trainer_kwargs=ctx.trainer_kwargs())
+    ctx.store.save_state("sequential", state, {"kind": "sequential", "order": order,
+                                               "recipe": ctx.cfg.recipe.to_dict()})
+    return True
+
+
+def evaluation_plan(ctx: RunContext) -> list[tuple[str, list[str]]]:
+    """(store entry, tasks) of every non-merged model whose test accuracy the report shows."""
+    keys = ctx.task_keys
+    plan: list[tuple[str, list[str]]] = [("pretrained", keys)] if ctx.cfg.comparisons.zero_shot else []
+    plan += [(f"finetuned/{t}", [t]) for t in keys]
+    plan += [(n, keys) for n in ("joint", "sequential") if getattr(ctx.cfg.comparisons, n)]
+    return plan
+
+
+def evaluate(ctx: RunContext) -> bool:
+    """Test accuracy of the zero-shot, individual, joint and sequential encoders (cached in the manifest)."""
+    from pactmerge.pipeline.evaluate import evaluate_encoder
+
+    prepare(ctx)
+    did = False
+    for name, tasks in evaluation_plan(ctx):
+        if not ctx.store.has(name):
+            stage = "finetune --task" if name.startswith("finetuned/") else f"finetune --{name}"
+            raise StageError(f"evaluate needs {name!r}; run `pactmerge {stage} ...` (or `pactmerge run CONFIG`) first")
+        metrics = dict(ctx.store.entry(name).get("metrics") or {})
+        if all(t in metrics.get("test", {}) for t in tasks):
+            continue
+        log.info("evaluating %s on %s", name, ", ".join(tasks))
+        loaded = ctx.loaded
+        metrics["test"] = evaluate_encoder(loaded.encoder, ctx.store.load_state(name), ctx.heads(),
+                                           ctx.datamodules(tasks), split="test", logit_scale=loaded.logit_scale,
+                                           device=ctx.cfg.merge.device)
+        ctx.store.update_meta(name, metrics=metrics)
+        did = True
+    return did
+
+
+def report(ctx: RunContext) -> str:
+    """Write results.json/csv/md and the plots; returns the Markdown table."""
+    from pactmerge.pipeline.report import write_report
+
+    paths = write_report(ctx.run_dir, ctx.task_keys)
+    return Path(paths["md"]).read_text()

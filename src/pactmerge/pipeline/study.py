@@ -1,0 +1,152 @@
+"""The study: the stages of ``pipeline.stages`` and ``pipeline.merge_stage`` run in order.
+
+``open_study`` resolves a config (its tasks, the model, the data) and only then claims the run
+directory (``context.claim``); ``run_study`` runs every stage, skipping finished ones. Each
+stage that did work logs one line and records its wall-clock seconds in ``RUN_DIR/timings.json``
+(``{"stages": {name: seconds}}``; a rerun that finds a stage finished keeps its earlier figure),
+which the report copies into ``results.json`` as ``timings``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable
+
+from pactmerge.fileio import write_json_atomic
+from pactmerge.pipeline import merge_stage, stages
+from pactmerge.pipeline.context import RunContext, claim
+
+log = logging.getLogger(__name__)
+
+TIMINGS = "timings.json"
+
+
+def open_study(cfg, *, force: bool = False, config_text: str | None = None, tasks=None) -> RunContext:
+    """A resolved context of ``cfg`` whose run directory is claimed (see ``context.claim``)."""
+    ctx = RunContext(cfg).resolve(tasks)
+    claim(ctx, force=force, config_text=config_text)
+    return ctx
+
+
+def _merge(ctx: RunContext) -> bool:
+    built: list[str] = []
+    merge_stage.run_merge_stage(ctx, built=built)
+    return bool(built)
+
+
+def stage_plan(ctx: RunContext) -> list[tuple[str, Callable[[], bool]]]:
+    """(stage name, thunk returning whether it did work) in the order ``run_study`` runs them.
+    A new stage is a function of a ``RunContext`` in ``pipeline.stages``, added here."""
+    c = ctx.cfg.comparisons
+    plan: list[tuple[str, Callable[[], bool]]] = [
+        ("prepare", lambda: stages.prepare(ctx)),
+        ("finetune_individual", lambda: any([stages.finetune_individual(ctx, t) for t in ctx.task_keys])),
+    ]
+    if c.joint:
+        plan.append(("finetune_joint", lambda: stages.finetune_joint(ctx)))
+    if c.sequential:
+        plan.append(("finetune_sequential", lambda: stages.finetune_sequential(ctx)))
+    plan += [("merge", lambda: _merge(ctx)), ("evaluate", lambda: stages.evaluate(ctx))]
+    return plan
+
+
+def record_timing(ctx: RunContext, name: str, seconds: float) -> None:
+    """Set ``stages.<name>`` of ``RUN_DIR/timings.json`` to ``seconds``."""
+    path = ctx.run_dir / TIMINGS
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    data.setdefault("stages", {})[name] = round(seconds, 2)
+    write_json_atomic(path, data)
+
+
+def run_study(ctx: RunContext) -> str:
+    """Every stage in order, skipping finished ones, then the report; returns the Markdown results table."""
+    t_start = time.perf_counter()
+    for name, thunk in stage_plan(ctx):
+        t0 = time.perf_counter()
+        if thunk():
+            seconds = time.perf_counter() - t0
+            log.info("stage %s finished in %.1f s", name, seconds)
+            record_timing(ctx, name, seconds)
+        else:
+            log.info("stage %s: already done", name)
+    t0 = time.perf_counter()
+    table = stages.report(ctx)
+    log.info("stage report finished in %.1f s; study finished in %.1f s", time.perf_counter() - t0,
+             time.perf_counter() - t_start)
+    return table
+
+
+# -- pactmerge run --dry-run -------------------------------------------------------------------------
+def describe(ctx: RunContext) -> str:
+    """What ``run_study`` would do for ``ctx``: model, tasks (sources; sizes of local data), the merges
+    with their resolved parameters, α selection and the stages with their state in the run directory.
+    Reads files only: nothing is trained, downloaded or written."""
+    from pactmerge.datamodules import TaskDataModule
+
+    cfg = ctx.cfg
+    lines = [f"output directory: {ctx.run_dir} ({_dir_state(ctx)})",
+             f"model: {cfg.model.name}" + "".join(f", {k}={getattr(cfg.model, k)}" for k in ("pretrained", "weights",
+                                                                                              "config")
+                                                  if getattr(cfg.model, k, None)),
+             f"tasks ({len(ctx.tasks)}):"]
+    for info in ctx.tasks:
+        dm = TaskDataModule(info, cfg.data)
+        spec = dm.source_spec()
+        size = "sizes known once downloaded"
+        if spec.kind != "hub":
+            try:
+                size = ", ".join(f"{k} {v}" for k, v in dm.split_sizes().items())
+            except Exception as exc:  # a missing local source: say why, as the run would
+                size = f"unavailable: {exc}"
+        lines.append(f"  {info.key:<16} {info.display_name}; source {spec.describe()}; {size}")
+    m = cfg.merge
+    lines.append(f"merges ({len(merge_stage.plan_merges(m))}), alpha: {m.alpha_search}"
+                 + (f" on {merge_stage.ALPHA_SUBSET} validation examples per task, best "
+                    f"{merge_stage.ALPHA_CONFIRM} re-scored on the full split" if m.alpha_search != "fixed" else "")
+                 + (f", grid {m.alpha_grid}" if m.alpha_grid else ", each method's grid"))
+    for planned in merge_stage.plan_merges(m):
+        resolved = merge_stage.resolved_params(planned)
+        lines.append(f"  {planned.id:<24} params {json.dumps(resolved['params'], sort_keys=True)}")
+        if resolved["pact_params"] is not None:
+            lines.append(f"  {'':<24} pact   {json.dumps(resolved['pact_params'], sort_keys=True)}")
+    done = _finished_entries(ctx)
+    lines.append("stages:")
+    for name, _ in stage_plan(ctx):
+        lines.append(f"  {name:<20} {_stage_state(ctx, name, done)}")
+    lines.append(f"  {'report':<20} always rewritten")
+    return "\n".join(lines)
+
+
+def _dir_state(ctx: RunContext) -> str:
+    from pactmerge.pipeline.context import _diff_keys, comparable_identity, read_run_info, recorded_identity
+
+    info = read_run_info(ctx.run_dir)
+    if info is None:
+        return "new" if not ctx.run_dir.exists() else "exists, not yet claimed"
+    diff = _diff_keys(comparable_identity(recorded_identity(info, ctx.run_dir / "run.json")),
+                      comparable_identity(ctx.cfg.identity()))
+    return "same config: finished stages are kept" if not diff else f"another config (differs at: {', '.join(diff[:8])})"
+
+
+def _finished_entries(ctx: RunContext) -> set[str]:
+    try:
+        return set(json.loads((ctx.run_dir / "manifest.json").read_text()).get("entries", {}))
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def _stage_state(ctx: RunContext, name: str, done: set[str]) -> str:
+    want = {"prepare": ["pretrained"] + [f"heads/{t}" for t in ctx.task_keys],
+            "finetune_individual": [f"finetuned/{t}" for t in ctx.task_keys],
+            "finetune_joint": ["joint"], "finetune_sequential": ["sequential"],
+            "merge": [f"merged/{p.id}" for p in merge_stage.plan_merges(ctx.cfg.merge)]}.get(name)
+    if want is None:
+        return "runs when its inputs are missing test metrics"
+    todo = [w for w in want if w not in done]
+    return "done" if not todo else f"to do: {', '.join(todo)}"

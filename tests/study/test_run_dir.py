@@ -1,0 +1,91 @@
+"""The run directory: claimed only once a config resolves, corrupt run.json named, one run at a time,
+and ``--dry-run`` that prints the plan and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pactmerge.cli import main
+from pactmerge.errors import ConfigError, StageError
+from pactmerge.pipeline.config import load_config
+from pactmerge.pipeline.context import LOCK_FILE, RunContext, RunLock, claim, resolve_tasks
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(None, [f"output_dir={tmp_path / 'run'}", "tasks.names=[digits]", *extra])
+
+
+def test_task_names_are_normalised_once(tmp_path):
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "tasks.names=[MNIST, fashion-mnist]"])
+    assert [t.key for t in resolve_tasks(cfg)] == ["mnist", "fashion_mnist"]
+    ctx = RunContext(cfg)
+    assert ctx.task_key("Fashion-MNIST") == "fashion_mnist"
+    with pytest.raises(ConfigError, match="not part of this config's tasks: mnist, fashion_mnist"):
+        ctx.task_key("digits")
+    with pytest.raises(ConfigError, match="twice"):
+        resolve_tasks(load_config(None, ["tasks.names=[mnist, MNIST]"]))
+
+
+def test_failing_config_leaves_no_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["run", "--output-dir", str(run), "--set", "tasks.names=[digits]",
+               "--set", f"model.weights={tmp_path / 'absent.safetensors'}"])
+    assert rc == 2
+    assert "absent.safetensors" in capsys.readouterr().err
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]"])
+def test_corrupt_run_json_is_named(tmp_path, text):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(text)
+    with pytest.raises(ConfigError, match=r"run\.json: unreadable run description.*--force"):
+        claim(RunContext(_cfg(tmp_path)))
+
+
+def test_directory_without_finished_stage_never_blocks(tmp_path):
+    claim(RunContext(_cfg(tmp_path)))
+    claim(RunContext(_cfg(tmp_path, "recipe.lr=0.1")))  # nothing finished: moved aside, no error
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["recipe"]["lr"] == 0.1
+    assert list(tmp_path.glob("run.old-*"))
+
+
+def test_second_run_refused_naming_the_holder(tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):
+        holder = json.loads((run / LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(StageError, match=rf"in use by process {os.getpid()} on {holder['host']}"):
+            RunLock(run).acquire()
+    assert not (run / LOCK_FILE).exists() and not run.exists()  # released; the directory it made is gone
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (run / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with RunLock(run):
+        assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["run", "--dry-run", "--output-dir", str(run), "--set", "tasks.names=[Digits, faces]",
+               "--set", "merge.methods=all", "--set", "merge.pact_params={K: 3}"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert not run.exists()
+    assert "digits" in out and "offline:digits" in out and "train " in out  # source and split sizes
+    for planned in ("weight_averaging", "iso_cts", "pact+tsvm"):
+        assert f"  {planned} " in out
+    assert '"K": 3' in out
+    for stage in ("prepare", "finetune_individual", "finetune_joint", "finetune_sequential", "merge", "evaluate"):
+        assert f"  {stage} " in out
