@@ -38,9 +38,9 @@ def _last_json(stdout: str) -> dict:
 def test_default_is_a_bounded_size_and_full_is_the_whole_sweep():
     default = merge_speed.parse_args([])
     assert default.preset == "default"
-    assert (default.models, default.tasks, default.blocks) == (["ViT-B-32"], [8], 4)
+    assert (default.models, default.tasks, default.blocks) == (["ViT-B-32"], [8], 2)
     assert default.methods == merge_speed.DEFAULT_METHODS
-    assert (default.baseline_blocks, default.stream_tasks, default.peer_blocks) == (2, 8, 4)
+    assert (default.baseline_blocks, default.stream_tasks, default.peer_blocks) == (2, 8, 2)
 
     full = merge_speed.parse_args(["--full"])
     assert (full.models, full.tasks, full.blocks, full.baseline_blocks, full.stream_tasks) == (

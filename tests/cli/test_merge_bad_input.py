@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -65,17 +66,17 @@ def test_empty_list_of_models(write_models, out_dir, cli):
     assert "--finetuned" in err
 
 
-@pytest.mark.parametrize("flag", ["--K", "--k"])
+@pytest.mark.parametrize("flag", ["--pact-K", "--pact-k"])
 def test_rank_larger_than_the_matrix(write_models, out_dir, cli, flag):
     models = write_models(T=2)
     # 17 is the smallest matrix side (positional_embedding), 40 exceeds every side
     err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", flag, "40")
-    assert flag.lstrip("-") in err and "40" in err
+    assert flag.removeprefix("--pact-") in err and "40" in err
 
 
 def test_zero_pretrained_matrix_under_pact(write_models, out_dir, cli):
     models = write_models(edit_pre=lambda sd: sd[MATRIX_KEY].zero_())
-    err = refused(cli, out_dir, *models.argv(), "--method", "pact+iso_c", "--K", "4", "--k", "2")
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+iso_c", "--pact-K", "4", "--pact-k", "2")
     assert MATRIX_KEY in err
     # the same files are fine for a method without PACT
     rc, _, stderr = cli(*models.argv(), "--method", "iso_c", "--out", out_dir / "ok.safetensors")
@@ -139,8 +140,8 @@ def test_stream_needs_safetensors(write_models, out_dir, cli):
 
 def test_conflicting_hyper_parameters(write_models, out_dir, cli):
     models = write_models(T=2)
-    err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", "--param", "K=4", "--K", "5")
-    assert "'K'" in err
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", "--param", "pact.K=4", "--pact-K", "5")
+    assert "'K'" in err and "--pact-K" in err
 
 
 def test_out_may_not_overwrite_an_input(write_models, out_dir, cli):
@@ -149,3 +150,155 @@ def test_out_may_not_overwrite_an_input(write_models, out_dir, cli):
     rc, _, err = cli(*models.argv(), "--method", "tsvm", "--out", models.pretrained_path)
     assert rc == 2 and "--out" in err
     assert models.pretrained_path.read_bytes() == before
+
+
+# -- parameter namespaces ---------------------------------------------------------------------------------
+
+
+def test_bare_k_is_refused_naming_both_namespaces(write_models, out_dir, cli):
+    models = write_models(T=2)
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+ties", "--k", "4")
+    assert "--k" in err and "--pact-k" in err and "--ties-k" in err
+
+
+def test_bare_capital_k_is_refused_naming_the_pact_flag(write_models, out_dir, cli):
+    models = write_models(T=2)
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", "--K", "4")
+    assert "--K" in err and "--pact-K" in err
+
+
+def test_a_flag_of_another_method_is_refused(write_models, out_dir, cli):
+    models = write_models(T=2)
+    err = refused(cli, out_dir, *models.argv(), "--method", "tsvm", "--ties-k", "30")
+    assert "--ties-k" in err and "tsvm" in err
+
+
+def test_pact_flags_for_a_method_without_pact(write_models, out_dir, cli):
+    models = write_models(T=2)
+    err = refused(cli, out_dir, *models.argv(), "--method", "tsvm", "--pact-K", "4")
+    assert "pact+tsvm" in err
+
+
+def test_pact_key_in_the_method_namespace_says_where_it_belongs(write_models, out_dir, cli):
+    models = write_models(T=2)
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", "--param", "K=4")
+    assert "'K'" in err and "pact" in err
+
+
+def test_badly_typed_flag_names_the_flag(write_models, out_dir, cli):
+    models = write_models(T=2)
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", "--pact-K", "many")
+    assert "--pact-K" in err and "many" in err
+
+
+@pytest.mark.parametrize("flag,value,name", [
+    ("--seed", str(2**64), "seed"),
+    ("--seed", "-1", "seed"),
+    ("--power-iters", "1e8", "power_iters"),
+    ("--oversample", "100000", "oversample"),
+])
+def test_out_of_range_svd_options_are_refused(write_models, out_dir, cli, flag, value, name):
+    models = write_models(T=2)
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", "--svd", "randomized", flag, value)
+    assert name in err
+
+
+def test_unknown_device_is_refused_by_the_core_resolver(write_models, out_dir, cli):
+    models = write_models(T=2)
+    err = refused(cli, out_dir, *models.argv(), "--method", "tsvm", "--device", "tpu")
+    assert "tpu" in err
+
+
+# -- the destination ----------------------------------------------------------------------------------------
+
+
+def poisoned(write_models):
+    """Inputs that the merge itself would refuse: a destination error must come first (checked before merging)."""
+    def poison(sd):
+        sd[MATRIX_KEY][2, 5] = float("nan")
+
+    return write_models(T=2, edit_task=poison)
+
+
+def _refused_destination(cli, models, out) -> str:
+    rc, stdout, stderr = cli(*models.argv(), "--method", "tsvm", "--out", out)
+    assert rc == 2, (stdout, stderr)
+    assert "error:" in stderr and "Traceback" not in stderr
+    assert "NaN" not in stderr, "the destination must be checked before the merge runs"
+    return stderr
+
+
+def test_out_that_is_a_directory(write_models, out_dir, cli):
+    models = poisoned(write_models)
+    target = out_dir / "merged.safetensors"
+    target.mkdir()
+    err = _refused_destination(cli, models, target)
+    assert str(target) in err and "directory" in err
+    assert list(out_dir.iterdir()) == [target] and list(target.iterdir()) == []
+
+
+def test_out_under_a_regular_file(write_models, out_dir, cli):
+    models = poisoned(write_models)
+    blocker = out_dir / "notes.txt"
+    blocker.write_text("not a directory")
+    err = _refused_destination(cli, models, blocker / "sub" / "merged.safetensors")
+    assert str(blocker) in err and "not a directory" in err
+    assert blocker.read_text() == "not a directory"
+
+
+def test_out_in_an_unwritable_place(write_models, cli):
+    models = poisoned(write_models)
+    target = "/proc/pactmerge-merged.safetensors"  # unwritable for root too
+    err = _refused_destination(cli, models, target)
+    assert target in err and "cannot write" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_out_in_a_read_only_directory(write_models, out_dir, cli):
+    models = poisoned(write_models)
+    out_dir.chmod(0o500)
+    try:
+        err = _refused_destination(cli, models, out_dir / "merged.safetensors")
+    finally:
+        out_dir.chmod(0o700)
+    assert str(out_dir) in err
+
+
+def _first_output(write_models, out_dir, cli):
+    models = write_models(T=2)
+    out = out_dir / "merged.safetensors"
+    rc, _, stderr = cli(*models.argv(), "--method", "task_arithmetic", "--alpha", "0.5", "--out", out)
+    assert rc == 0, stderr
+    return models, out, out.read_bytes(), (out_dir / "merged.safetensors.json").read_bytes()
+
+
+def test_sidecar_path_that_is_a_directory_keeps_the_previous_output(write_models, out_dir, cli):
+    models, out, weights, _ = _first_output(write_models, out_dir, cli)
+    sidecar = out_dir / "merged.safetensors.json"
+    sidecar.unlink()
+    sidecar.mkdir()
+    rc, _, err = cli(*models.argv(), "--method", "task_arithmetic", "--alpha", "0.9", "--out", out)
+    assert rc == 2 and str(sidecar) in err and "directory" in err
+    assert out.read_bytes() == weights, "the finished output was changed"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["merged.safetensors", "merged.safetensors.json"]
+
+
+def test_a_failed_write_keeps_the_previous_output_and_sidecar(write_models, out_dir, cli, monkeypatch):
+    """The disk fills up half way through the new weights: the old weights and sidecar stay, no temporary file."""
+    import safetensors.torch
+
+    models, out, weights, sidecar = _first_output(write_models, out_dir, cli)
+    real_save = safetensors.torch.save_file
+
+    def save_then_fail(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as fh:
+            fh.truncate(100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_then_fail)
+    rc, _, err = cli(*models.argv(), "--method", "task_arithmetic", "--alpha", "0.9", "--out", out)
+    assert rc == 2 and str(out) in err and "No space left" in err
+    assert out.read_bytes() == weights
+    assert (out_dir / "merged.safetensors.json").read_bytes() == sidecar
+    assert sorted(p.name for p in out_dir.iterdir()) == ["merged.safetensors", "merged.safetensors.json"]

@@ -29,18 +29,21 @@ def _assert_same_state(actual: dict, expected: dict, exact: bool) -> None:
 
 
 CASES = [
-    # (method, CLI flags, the same as merge() params, alpha flag)
-    ("tsvm", ["--svd", "exact"], {"svd": "exact"}, None),
-    ("ties", ["--ties-k", "30"], {"k": 30.0}, 0.4),
-    ("pact+iso_c", ["--K", "4", "--k", "2", "--svd", "randomized", "--seed", "3"],
-     {"K": 4, "k": 2, "svd": "randomized", "seed": 3}, 0.9),
-    ("pact+tsvm", ["--param", "K=4", "--param", "k=2", "--protect", "self"], {"K": 4, "k": 2, "protect": "self"}, None),
+    # (method, CLI flags, the same as merge() params and pact, alpha flag)
+    ("tsvm", ["--svd", "exact"], {"svd": "exact"}, None, None),
+    ("ties", ["--ties-k", "30"], {"k": 30.0}, None, 0.4),
+    ("pact+iso_c", ["--pact-K", "4", "--pact-k", "2", "--svd", "randomized", "--seed", "3"],
+     {"svd": "randomized", "seed": 3}, {"K": 4, "k": 2}, 0.9),
+    ("pact+tsvm", ["--param", "pact.K=4", "--param", "pact.k=2", "--pact-protect", "self"], {},
+     {"K": 4, "k": 2, "protect": "self"}, None),
+    ("pact+ties", ["--ties-k", "30", "--pact-K", "4", "--pact-k", "2", "--param", "threshold_scope=per_key"],
+     {"k": 30.0, "threshold_scope": "per_key"}, {"K": 4, "k": 2}, None),
 ]
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "in-memory"])
-@pytest.mark.parametrize("method,flags,params,alpha", CASES, ids=[c[0] for c in CASES])
-def test_output_equals_in_memory_merge(write_models, out_dir, cli, stream, method, flags, params, alpha):
+@pytest.mark.parametrize("method,flags,params,pact,alpha", CASES, ids=[c[0] for c in CASES])
+def test_output_equals_in_memory_merge(write_models, out_dir, cli, stream, method, flags, params, pact, alpha):
     models = write_models(T=3)
     out = out_dir / "merged.safetensors"
     argv = [*models.argv(), "--method", method, *flags, "--out", out, "--device", "cpu"]
@@ -49,7 +52,9 @@ def test_output_equals_in_memory_merge(write_models, out_dir, cli, stream, metho
     rc, stdout, stderr = cli(*argv)
 
     assert rc == 0, stderr
-    res = merge(models.pretrained, models.finetuned, method, params=params, device="cpu")
+    # the CLI seeds randomized SVDs by the files' sha256, so the result does not depend on their order
+    task_ids = [_sha256(p) for p in models.finetuned_paths]
+    res = merge(models.pretrained, models.finetuned, method, params=params, pact=pact, device="cpu", task_ids=task_ids)
     used_alpha = res.default_alpha if alpha is None else alpha
     # the in-memory path runs the same code, so it must agree bit for bit; streaming may batch differently
     _assert_same_state(load_file(str(out)), res.apply(models.pretrained, alpha=used_alpha), exact=not stream)
@@ -59,13 +64,66 @@ def test_output_equals_in_memory_merge(write_models, out_dir, cli, stream, metho
     assert sidecar["method"] == method
     assert sidecar["alpha"] == pytest.approx(used_alpha)
     assert sidecar["params"] == json.loads(json.dumps(res.params))
+    assert sidecar["pact_params"] == json.loads(json.dumps(res.pact_params))
+    assert (sidecar["pact_params"] is None) == (not method.startswith("pact+"))
     assert sidecar["pactmerge_version"] == pactmerge.__version__
     assert sidecar["stream"] is stream
     assert sidecar["inputs"]["pretrained"] == {"path": str(models.pretrained_path), "sha256": _sha256(models.pretrained_path)}
-    assert [e["sha256"] for e in sidecar["inputs"]["finetuned"]] == [_sha256(p) for p in models.finetuned_paths]
+    assert [e["sha256"] for e in sidecar["inputs"]["finetuned"]] == task_ids
     assert sidecar["diagnostics"] == json.loads(json.dumps(res.diagnostics))
     assert sidecar["timings"]["total_s"] > 0
     assert sorted(p.name for p in out_dir.iterdir()) == ["merged.safetensors", "merged.safetensors.json"]
+
+
+def test_pact_k_does_not_reach_ties(write_models, out_dir, cli):
+    """PACT's rank k and TIES' percentage k live in separate namespaces: pact+ties with PACT's k changed
+    keeps exactly TIES' default share of entries, and the sidecar records the two apart."""
+    from pactmerge.merging.methods.ties import Params as TiesParams
+
+    models = write_models(T=2)
+    out = out_dir / "merged.safetensors"
+    rc, _, stderr = cli(*models.argv(), "--method", "pact+ties", "--pact-k", "3", "--pact-K", "4", "--out", out)
+    assert rc == 0, stderr
+    sidecar = json.loads((out_dir / "merged.safetensors.json").read_text())
+    assert sidecar["params"]["k"] == TiesParams().k == 20.0
+    assert sidecar["pact_params"]["k"] == 3 and sidecar["pact_params"]["K"] == 4
+    expected = merge(models.pretrained, models.finetuned, "pact+ties", pact={"k": 3, "K": 4},
+                     task_ids=[_sha256(p) for p in models.finetuned_paths])
+    assert expected.params["k"] == 20.0
+    _assert_same_state(load_file(str(out)), expected.apply(models.pretrained), exact=False)
+
+
+def test_finetuned_order_does_not_change_a_randomized_merge(write_models, out_dir, cli):
+    models = write_models(T=3)
+    flags = ["--method", "pact+tsvm", "--svd", "randomized", "--seed", "5", "--pact-K", "4", "--pact-k", "2"]
+    a, b = out_dir / "a.safetensors", out_dir / "b.safetensors"
+    assert cli(*models.argv(), *flags, "--out", a)[0] == 0
+    reversed_argv = ["--pretrained", models.pretrained_path, "--finetuned", *models.finetuned_paths[::-1]]
+    assert cli(*reversed_argv, *flags, "--out", b)[0] == 0
+    _assert_same_state(load_file(str(a)), load_file(str(b)), exact=False)
+
+
+def test_flags_are_derived_from_the_parameter_dataclasses(cli, capsys):
+    """Every field of PACTConfig, of each method's Params and of SVDOptions has its flag; no hand-kept table."""
+    import dataclasses
+
+    from pactmerge.commands import merge as merge_cmd
+    from pactmerge.merging import PACTConfig, SVDOptions
+    from pactmerge.merging.registry import METHODS
+
+    with pytest.raises(SystemExit):
+        cli("--help")
+    help_text = capsys.readouterr().out
+    svd = [f.name for f in dataclasses.fields(SVDOptions)]
+    expected = ["--" + n.replace("_", "-") for n in svd]
+    expected += ["--pact-" + f.name.replace("_", "-") for f in dataclasses.fields(PACTConfig)]
+    for name, spec in METHODS.items():
+        expected += ["--" + name.replace("_", "-") + "-" + f.name.replace("_", "-")
+                     for f in dataclasses.fields(spec.params_cls) if f.name not in svd]
+    assert {"--pact-K", "--pact-k", "--pact-protect", "--ties-k", "--iso-cts-f", "--power-iters"} <= set(expected)
+    for flag in expected:
+        assert flag in help_text, flag
+    assert not hasattr(merge_cmd, "_FLAG_PARAMS")
 
 
 def test_half_precision_inputs_give_half_precision_output(write_models, out_dir, cli):
@@ -119,16 +177,3 @@ def test_list_methods_prints_the_registry(cli):
     assert rc == 0
     assert stdout.split() == list(available_methods())
     assert {"tsvm", "iso_cts", "pact+tsvm", "pact+iso_c"} <= set(stdout.split())
-
-
-def test_sidecar_failure_leaves_no_weights(write_models, out_dir, cli, monkeypatch):
-    import pactmerge.fileio
-
-    def fail(*_args, **_kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(pactmerge.fileio, "write_json_atomic", fail)
-    models = write_models(T=2)
-    with pytest.raises(OSError):
-        cli(*models.argv(), "--method", "task_arithmetic", "--out", out_dir / "merged.safetensors")
-    assert list(out_dir.iterdir()) == []

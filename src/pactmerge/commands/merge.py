@@ -3,38 +3,118 @@
 Inputs are safetensors files (merged key by key from lazily opened files, see
 ``pactmerge.merging.merge_files``) or torch weight files (loaded with ``weights_only``; a
 file that needs arbitrary pickled objects is refused unless ``--trust-pickle``). Output:
-the merged state dict ``theta0 + alpha * tau*`` in the input dtypes, written atomically as
-safetensors, then a JSON sidecar ``<out>.json`` (method, resolved hyper-parameters, alpha,
-sha256 of every input, pactmerge version, diagnostics, timings). On any error nothing is
-written.
+the merged state dict ``theta0 + alpha * tau*`` in the input dtypes, written as safetensors,
+and a JSON sidecar ``<out>.json`` (method, resolved method and PACT parameters, alpha, sha256
+of every input, pactmerge version, diagnostics, timings).
+
+Hyper-parameter flags are derived from the parameter dataclasses of the merging core, one
+namespace each: ``--pact-<field>`` from ``PACTConfig`` (``--pact-K``, ``--pact-k``,
+``--pact-protect``, ...), ``--<method>-<field>`` from each method's ``Params`` (``--ties-k``,
+``--iso-cts-f``, ...), and the merge-wide SVD options ``--svd``, ``--oversample``,
+``--power-iters``, ``--seed`` from ``SVDOptions``. A bare field name (``--k``, ``--K``) is
+refused with the prefixed flags that carry it.
+
+The destination is checked before anything is merged; both files are written completely to
+temporary files beside their destinations and only then moved into place, so an error at any
+point leaves a previous output and its sidecar as they were.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import os
+import tempfile
 import time
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pactmerge.errors import CheckpointError, ConfigError, MergeError
 
 HELP = "merge fine-tuned checkpoint files (safetensors or torch weights) into one"
 
-# explicit flag (argparse dest) -> hyper-parameter name of the merging registry
-_FLAG_PARAMS = {
-    "K": "K",
-    "k": "k",
-    "protect": "protect",
-    "rank_mode": "rank_mode",
-    "svd": "svd",
-    "seed": "seed",
-    "oversample": "oversample",
-    "power_iters": "power_iters",
-    "ties_k": "k",
-    "iso_cts_f": "f",
-    "guard": "guard",
-}
+PACT_NS = "pact"  # namespace of PACTConfig's fields
+SVD_NS = "svd"  # namespace of the merge-wide SVDOptions
+
+
+@dataclass(frozen=True)
+class _Flag:
+    """One hyper-parameter flag derived from a dataclass field."""
+
+    flag: str  # "--pact-K"
+    namespace: str  # PACT_NS, SVD_NS, or a base method name ("ties")
+    field: str  # "K"
+    hint: Any  # the field's type hint
+    default: Any
+
+    @property
+    def dest(self) -> str:
+        return "hp__" + self.flag[2:].replace("-", "_")
+
+
+def _field_flags() -> list[_Flag]:
+    """Every hyper-parameter flag, from ``SVDOptions``, ``PACTConfig`` and each method's ``Params``."""
+    from pactmerge.merging import PACTConfig, SVDOptions
+    from pactmerge.merging.registry import METHODS
+
+    def fields(cls: type, skip: set[str] = frozenset()) -> list[tuple[str, Any, Any]]:
+        hints = typing.get_type_hints(cls)
+        return [(f.name, hints[f.name], f.default) for f in dataclasses.fields(cls) if f.name not in skip]
+
+    svd_names = {f.name for f in dataclasses.fields(SVDOptions)}
+    flags = [_Flag("--" + name.replace("_", "-"), SVD_NS, name, hint, default) for name, hint, default in fields(SVDOptions)]
+    flags += [_Flag("--pact-" + name.replace("_", "-"), PACT_NS, name, hint, default) for name, hint, default in fields(PACTConfig)]
+    for method, spec in METHODS.items():
+        prefix = "--" + method.replace("_", "-") + "-"
+        flags += [_Flag(prefix + name.replace("_", "-"), method, name, hint, default)
+                  for name, hint, default in fields(spec.params_cls, svd_names)]
+    return flags
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the comment on its line in the dataclass source (``K: int = 15  # pre-trained core rank``)."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for match in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.MULTILINE):
+            docs[match.group(1)] = match.group(2).strip()
+    return docs
+
+
+def _add_flag(group: argparse._ArgumentGroup, f: _Flag, doc: str) -> None:
+    origin = typing.get_origin(f.hint)
+    help_text = f"{doc + '; ' if doc else ''}default {f.default!r}"
+    if f.hint is bool:
+        group.add_argument(f.flag, dest=f.dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif origin is tuple:
+        group.add_argument(f.flag, dest=f.dest, metavar="PATTERN", action="append", default=None,
+                           help=help_text + " (repeatable)")
+    elif origin is Literal:
+        group.add_argument(f.flag, dest=f.dest, choices=[str(c) for c in typing.get_args(f.hint)], default=None,
+                           help=help_text)
+    else:
+        metavar = {int: "INT", float: "NUMBER"}.get(f.hint, "VALUE")
+        group.add_argument(f.flag, dest=f.dest, metavar=metavar, default=None, help=help_text)
+
+
+def _ambiguous_names(flags: list[_Flag], taken: set[str]) -> dict[str, list[str]]:
+    """Bare ``--<field>`` -> the prefixed flags that carry that field, for fields whose bare flag is free."""
+    out: dict[str, list[str]] = {}
+    for f in flags:
+        if f.namespace == SVD_NS:
+            continue
+        bare = "--" + f.field.replace("_", "-")
+        if bare not in taken:
+            out.setdefault(bare, []).append(f.flag)
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,28 +143,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         action="append",
         default=[],
-        help="any method hyper-parameter; VALUE is parsed as JSON when it can be (repeatable)",
+        help="any method parameter, or a PACT one as pact.KEY=VALUE; VALUE is read as a YAML scalar (repeatable)",
     )
-    m.add_argument("--svd", choices=("exact", "randomized"), default=None, help="SVD used where the method allows a randomized one")
-    m.add_argument("--seed", type=int, default=None, help="seed of the randomized SVD")
-    m.add_argument("--oversample", type=int, default=None, help="randomized SVD oversampling")
-    m.add_argument("--power-iters", type=int, default=None, help="randomized SVD power iterations")
-    m.add_argument("--ties-k", type=float, default=None, help="TIES: percentage of entries kept per task")
-    m.add_argument("--iso-cts-f", type=float, default=None, help="Iso-CTS: share of the rank given to the common subspace")
 
-    p = parser.add_argument_group("PACT (methods named pact+...)")
-    p.add_argument("--K", type=int, default=None, help="rank of the pre-trained core")
-    p.add_argument("--k", type=int, default=None, help="rank of each task core")
-    p.add_argument("--protect", choices=("others", "self", "all"), default=None, help="whose reliance space a task must not write into")
-    p.add_argument("--rank-mode", choices=("fixed", "fraction", "energy"), default=None, help="how K and k are chosen")
-    p.add_argument("--guard", type=float, default=None, help="leave a key unchanged when the protected space exceeds this share of n")
-    p.add_argument("--pact-include", metavar="PATTERN", action="append", default=None, help="matrix keys PACT touches (glob, repeatable)")
+    from pactmerge.merging import PACTConfig, SVDOptions
+    from pactmerge.merging.registry import METHODS
+
+    flags = _field_flags()
+    docs = {SVD_NS: _field_docs(SVDOptions), PACT_NS: _field_docs(PACTConfig)}
+    docs.update({name: _field_docs(spec.params_cls) for name, spec in METHODS.items()})
+    groups = {
+        SVD_NS: parser.add_argument_group("merge-wide SVD options (PACT and the method alike)"),
+        PACT_NS: parser.add_argument_group("PACT (methods named pact+...): --pact-<field> of PACTConfig"),
+    }
+    for f in flags:
+        if f.namespace not in groups:
+            groups[f.namespace] = parser.add_argument_group(f"{f.namespace} and pact+{f.namespace}")
+        _add_flag(groups[f.namespace], f, docs[f.namespace].get(f.field, ""))
 
     k = parser.add_argument_group("keys and computation")
     k.add_argument("--conv-as-matrix", action="store_true", help="treat convolution kernels as (out, in*kh*kw) matrices")
     k.add_argument("--exclude", metavar="PATTERN", action="append", default=[], help="keys to merge as vectors (glob, repeatable)")
-    k.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the linear algebra runs")
+    k.add_argument("--device", default="auto", help="where the linear algebra runs: auto, cpu, cuda or cuda:N")
     k.add_argument("--compute-dtype", choices=("float32", "float64"), default="float32", help="dtype of the maths")
+
+    taken = set(parser._option_string_actions)
+    for bare, carriers in _ambiguous_names(flags, taken).items():
+        parser.add_argument(bare, dest="ambiguous__" + bare[2:].replace("-", "_"), metavar="VALUE", default=None,
+                            help=argparse.SUPPRESS)
+    parser.set_defaults(_hp_flags=flags, _ambiguous=_ambiguous_names(flags, taken))
 
 
 def _run_study_stage(args: argparse.Namespace) -> int:
@@ -108,30 +195,33 @@ def run(args: argparse.Namespace) -> int:
         for name in merging.available_methods():
             print(name)
         return 0
+    _refuse_ambiguous(args)
     if args.config is not None:
         return _run_study_stage(args)
 
     started = time.perf_counter()
     pretrained, finetuned, out = _check_paths(args)
-    params = _collect_params(args)
-    merging.get_method(args.method)  # unknown name -> MergeError listing the known ones
+    spec = merging.get_method(args.method)  # unknown name -> MergeError listing the known ones
+    params, pact = _collect_params(args, spec)
+    from pactmerge.merging.registry import resolve_params
+
+    resolve_params(spec, params, pact)  # every parameter checked (types, ranges) before any file is read
     stream = _choose_stream(args, [pretrained, *finetuned])
-    device = _choose_device(args.device)
+    device = merging.resolve_device(args.device)
+    _check_destination(out)
 
     import torch
 
     from pactmerge import fileio
 
-    key_policy = merging.KeyPolicy(
-        conv_as_matrix=args.conv_as_matrix,
-        exclude=tuple(args.exclude),
-        **({"pact_include": tuple(args.pact_include)} if args.pact_include else {}),
-    )
-    kwargs = dict(params=params, key_policy=key_policy, device=device, compute_dtype=getattr(torch, args.compute_dtype))
+    key_policy = merging.KeyPolicy(conv_as_matrix=args.conv_as_matrix, exclude=tuple(args.exclude))
 
     t0 = time.perf_counter()
     hashes = {str(p): fileio.sha256_file(p) for p in [pretrained, *finetuned]}
     t_hash = time.perf_counter() - t0
+    kwargs = dict(params=params, pact=pact, key_policy=key_policy, device=str(device),
+                  compute_dtype=getattr(torch, args.compute_dtype),
+                  task_ids=[hashes[str(p)] for p in finetuned])  # seeds of randomized SVDs: order-independent
 
     t0 = time.perf_counter()
     result, pre_sd = _load_and_merge(pretrained, finetuned, args.method, stream, args.trust_pickle, kwargs)
@@ -139,23 +229,16 @@ def run(args: argparse.Namespace) -> int:
 
     alpha = result.default_alpha if args.alpha is None else float(args.alpha)
     merged = result.apply(pre_sd, alpha=alpha)
-    _check_finite(merged, "merged key", f"{out} was not written; check the inputs and --alpha")
+    bad = next((k for k, v in merged.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise MergeError(f"merged key {bad!r} holds NaN or Inf values at alpha={alpha:g}; {out} was not written; "
+                         "lower --alpha or check the inputs")
 
     timings = {**dict(result.timings), "sha256_s": t_hash, "load_and_merge_s": t_merge}
     sidecar = _sidecar(args, result, alpha, pretrained, finetuned, hashes, stream, device, timings)
-    # serialise before writing the weights, so a sidecar that cannot be built never leaves weights behind
-    fileio.json_text(sidecar)
-
-    from pactmerge import __version__
-
-    fileio.save_safetensors_atomic(out, merged, metadata={"pactmerge_method": result.method, "pactmerge_version": __version__})
-    sidecar["timings"]["total_s"] = time.perf_counter() - started
+    fileio.json_text(sidecar)  # a sidecar that cannot be serialised fails here, before anything is written
     sidecar_path = _sidecar_path(out)
-    try:
-        fileio.write_json_atomic(sidecar_path, sidecar)
-    except BaseException:
-        out.unlink(missing_ok=True)  # weights without their record would be untraceable
-        raise
+    _write_outputs(out, merged, result.method, sidecar_path, sidecar, started)
     print(
         f"merged {len(finetuned)} models with {result.method} (alpha={alpha:g}) -> {out} "
         f"[{sidecar_path.name}] in {sidecar['timings']['total_s']:.1f} s"
@@ -163,21 +246,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_ambiguous(args: argparse.Namespace) -> None:
+    """A bare field name (``--k``) means different things in different namespaces: name the real flags."""
+    for bare, carriers in getattr(args, "_ambiguous", {}).items():
+        if getattr(args, "ambiguous__" + bare[2:].replace("-", "_"), None) is not None:
+            which = " or ".join(carriers)
+            raise ConfigError(
+                f"{bare} is ambiguous: parameters are named by namespace; use {which} "
+                f"(see `pactmerge merge --help`)"
+            )
+
+
 def _load_and_merge(pretrained: Path, finetuned: list[Path], method: str, stream: bool, trust_pickle: bool, kwargs: dict):
-    """(MergeResult, pre-trained state dict), after refusing unreadable, mismatched or non-finite inputs."""
+    """(MergeResult, pre-trained state dict). The merging core refuses mismatched or non-finite inputs, naming key and file."""
     from pactmerge import fileio, merging
+    from pactmerge.merging.sources import DictSource, check_finite, validate_sources
 
     if stream:
-        # headers only: refuse truncated files and mismatched keys before any tensor is read
-        layouts = [fileio.read_safetensors_layout(p) for p in [pretrained, *finetuned]]
-        _check_layouts(pretrained, layouts[0], finetuned, layouts[1:])
-        result = merging.merge_files(pretrained, finetuned, method, **kwargs)  # checks finiteness key by key
+        result = merging.merge_files(pretrained, finetuned, method, **kwargs)
         return result, fileio.load_state_dict(pretrained)
     pre_sd = fileio.load_state_dict(pretrained, trust_pickle=trust_pickle)
     ft_sds = [fileio.load_state_dict(p, trust_pickle=trust_pickle) for p in finetuned]
-    _check_layouts(pretrained, _layout(pre_sd), finetuned, [_layout(sd) for sd in ft_sds])
-    for path, sd in zip([pretrained, *finetuned], [pre_sd, *ft_sds]):
-        _check_finite(sd, f"{path}: key", "the file is corrupt; nothing was written")
+    # the same checks merge() runs, but with the files' names in the messages
+    sources = [DictSource(sd, str(p)) for p, sd in zip([pretrained, *finetuned], [pre_sd, *ft_sds])]
+    validate_sources(sources[0], sources[1:])
+    for src in sources:
+        for key in src.keys():
+            check_finite(src.get(key), key, src.name)
     return merging.merge(pre_sd, ft_sds, method, **kwargs), pre_sd
 
 
@@ -205,34 +300,118 @@ def _sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def _parse_value(text: str) -> Any:
+def _check_destination(out: Path) -> None:
+    """Refuse, before merging, an ``--out`` (or its sidecar) that is a directory or other non-file, that lies
+    under a regular file, or whose directory cannot be written; every message names the path."""
+    for path, what in ((out, f"--out {out}"), (_sidecar_path(out), f"the sidecar path {_sidecar_path(out)} of --out")):
+        if path.is_dir():
+            raise ConfigError(f"{what}: is a directory; give the path of a file to write (remove or rename the directory)")
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{what}: exists and is not a regular file; choose another path")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"--out {out}: {ancestor} is a file, not a directory; choose a path inside a directory")
+    try:  # a real write: permission bits say nothing for root or read-only file systems
+        fd, probe = tempfile.mkstemp(prefix=".pactmerge-write-check-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {out}: cannot write in {ancestor} ({exc.strerror or exc}); choose a writable directory"
+        ) from None
+
+
+def _write_outputs(out: Path, merged: dict, method: str, sidecar_path: Path, sidecar: dict, started: float) -> None:
+    """Write the weights and the sidecar to temporary files beside them, then move both into place.
+
+    Until both temporary files are complete, ``out`` and its sidecar keep whatever they held; a
+    failure removes the temporary files and names the path.
+    """
+    from safetensors.torch import save_file
+
+    from pactmerge import __version__, fileio
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in merged.items()}
+    metadata = {"pactmerge_method": method, "pactmerge_version": __version__}
+    target = out
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+        with fileio.atomic_path(out) as tmp_weights, fileio.atomic_path(sidecar_path) as tmp_sidecar:
+            save_file(flat, str(tmp_weights), metadata=metadata)
+            sidecar["timings"]["total_s"] = time.perf_counter() - started
+            target = sidecar_path
+            tmp_sidecar.write_text(fileio.json_text(sidecar), encoding="utf-8")
+            target = out
+    except OSError as exc:
+        raise CheckpointError(
+            f"{target}: cannot be written ({exc.strerror or exc}); {out} and {sidecar_path} were left as they were"
+        ) from None
 
 
-def _collect_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Hyper-parameters from ``--param KEY=VALUE`` and the explicit flags; a key given twice must agree."""
+def _collect_params(args: argparse.Namespace, spec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(method params incl. the merge-wide SVD options, PACT params) from the derived flags and ``--param``.
+
+    A key given twice must agree. A method flag of another method (``--ties-k`` with ``tsvm``) is refused.
+    """
+    from pactmerge.coerce import coerce, parse_key_values
+
     params: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+    pact: dict[str, Any] = {}
+    sources: dict[tuple[str, str], str] = {}
 
-    def put(key: str, value: Any, source: str) -> None:
-        if key in params and params[key] != value:
-            raise ConfigError(f"hyper-parameter {key!r} given twice with different values ({sources[key]} and {source})")
-        params[key] = value
-        sources[key] = source
+    def put(target: dict, ns: str, key: str, value: Any, source: str) -> None:
+        if key in target and target[key] != value:
+            raise ConfigError(
+                f"parameter {key!r} given twice with different values ({sources[(ns, key)]} and {source})"
+            )
+        target[key] = value
+        sources[(ns, key)] = source
 
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--param {item!r}: expected KEY=VALUE, e.g. --param K=15")
-        put(key.strip(), _parse_value(value.strip()), f"--param {item}")
-    for dest, key in _FLAG_PARAMS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            put(key, value, "--" + dest.replace("_", "-"))
-    return params
+    try:
+        given = parse_key_values(args.param, "--param")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for key, value in given.items():
+        if key.startswith("pact."):
+            put(pact, PACT_NS, key[len("pact."):], value, f"--param {key}={value}")
+        else:
+            put(params, "params", key, value, f"--param {key}={value}")
+
+    for f in args._hp_flags:
+        raw = getattr(args, f.dest, None)
+        if raw is None:
+            continue
+        if f.namespace not in (PACT_NS, SVD_NS) and f.namespace != spec.base:
+            raise ConfigError(f"{f.flag} is a parameter of {f.namespace} and pact+{f.namespace}, not of {spec.name}; "
+                              "drop it or choose that method")
+        try:
+            value = coerce(_flag_value(raw, f.hint, f.flag), f.hint, f.flag)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        put(pact if f.namespace == PACT_NS else params, PACT_NS if f.namespace == PACT_NS else "params",
+            f.field, value, f"{f.flag} {raw if not isinstance(raw, list) else ' '.join(raw)}")
+    return params, pact
+
+
+def _flag_value(raw: Any, hint: Any, flag: str) -> Any:
+    """A flag's text read as a YAML scalar (``1e8`` as a number where an integer is expected, so that the
+    core's bound names it); booleans and lists of patterns come from argparse as they are."""
+    from pactmerge.coerce import parse_key_values
+
+    if isinstance(raw, (bool, list)):
+        return raw
+    if typing.get_origin(hint) is Literal:
+        return raw
+    value = parse_key_values([f"v={raw}"], flag)["v"]
+    if hint is int and isinstance(value, (str, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if number.is_integer():
+            return int(number)
+    return value
 
 
 def _choose_stream(args: argparse.Namespace, paths: list[Path]) -> bool:
@@ -245,41 +424,6 @@ def _choose_stream(args: argparse.Namespace, paths: list[Path]) -> bool:
     return all_st if args.stream is None else bool(args.stream)
 
 
-def _choose_device(device: str) -> str:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    return device
-
-
-def _layout(state_dict: dict) -> dict[str, tuple[int, ...]]:
-    return {key: tuple(value.shape) for key, value in state_dict.items()}
-
-
-def _check_layouts(pretrained: Path, ref: dict, finetuned: list[Path], layouts: list[dict]) -> None:
-    """Refuse key or shape mismatches between the pre-trained and each fine-tuned file, naming key and file."""
-    for path, layout in zip(finetuned, layouts):
-        for key in sorted(ref.keys() - layout.keys()):
-            raise MergeError(f"{path}: key {key!r} of the pre-trained model {pretrained} is missing")
-        for key in sorted(layout.keys() - ref.keys()):
-            raise MergeError(f"{path}: key {key!r} is not in the pre-trained model {pretrained}")
-        for key, shape in ref.items():
-            if layout[key] != shape:
-                raise MergeError(
-                    f"{path}: key {key!r} has shape {list(layout[key])}, the pre-trained model {pretrained} has {list(shape)}"
-                )
-
-
-def _check_finite(state: dict, what: str, consequence: str) -> None:
-    """Refuse NaN or Inf in any floating-point tensor of ``state``; the message reads ``{what} 'KEY' ...``."""
-    import torch
-
-    for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise MergeError(f"{what} {key!r} holds NaN or Inf values; {consequence}")
-
-
 def _sidecar(args, result, alpha, pretrained, finetuned, hashes, stream, device, timings) -> dict[str, Any]:
     from pactmerge import __version__
 
@@ -290,13 +434,15 @@ def _sidecar(args, result, alpha, pretrained, finetuned, hashes, stream, device,
         "pactmerge_version": __version__,
         "method": result.method,
         "params": result.params,
+        "pact_params": result.pact_params,
         "alpha": alpha,
         "default_alpha": result.default_alpha,
-        "key_policy": {"conv_as_matrix": args.conv_as_matrix, "exclude": list(args.exclude), "pact_include": args.pact_include},
+        "key_policy": {"conv_as_matrix": args.conv_as_matrix, "exclude": list(args.exclude)},
         "inputs": {"pretrained": entry(pretrained), "finetuned": [entry(p) for p in finetuned]},
+        "task_ids": "sha256 of each fine-tuned file (they seed the randomized SVDs)",
         "output": str(Path(args.out)),
         "stream": stream,
-        "device": device,
+        "device": str(device),
         "compute_dtype": args.compute_dtype,
         "diagnostics": result.diagnostics,
         "timings": timings,
