@@ -1,6 +1,6 @@
 """pactmerge.merging: task vectors and merge methods (TA, TIES, TSV-M, Iso-C, Iso-CTS, PACT), pure torch.
 
-    res = merge(pretrained_sd, [ft_1, ..., ft_T], "pact+tsvm", params={"K": 15, "k": 8})
+    res = merge(pretrained_sd, [ft_1, ..., ft_T], "pact+tsvm", pact={"K": 15, "k": 8})
     merged_sd = res.apply(pretrained_sd, alpha)
 """
 

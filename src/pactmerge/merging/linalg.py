@@ -1,11 +1,12 @@
 """Linear algebra for the SVD-based methods: truncated SVDs, polar factors, orthonormal bases.
 
 Exact decompositions are computed from the float64 Gram matrix of the smaller side
-(``A^T A`` or ``A A^T``) with a symmetric eigensolver. In float64 this resolves every
-singular direction whose singular value is above ~1e-7 of the largest more accurately than a
-float32 LAPACK SVD of ``A`` does, at a fraction of the cost (one Gram product and one
-``eigh`` instead of a bidiagonalisation with both singular-vector sets). Polar factors whose
-Gram matrix is too ill-conditioned for that fall back to a float64 SVD. All functions accept
+(``A^T A`` or ``A A^T``) with a symmetric eigensolver: one Gram product and one ``eigh``
+instead of a bidiagonalisation with both singular-vector sets. The Gram route's error in a
+direction of singular value ``s`` is about ``eps * (s_max / s)^2``, so a truncated SVD whose
+kept singular values reach below ``GRAM_FALLBACK`` (1e-4) of the largest is recomputed with a
+float64 LAPACK SVD of that matrix; polar factors whose Gram matrix is too ill-conditioned
+fall back the same way. All functions accept
 leading batch dimensions: same-shape matrices are decomposed in one call.
 
 Conventions: ``V`` is returned as ``(..., n, r)`` (columns are right singular vectors);
@@ -24,8 +25,9 @@ from torch import Tensor
 from pactmerge.merging.params import SVDOptions
 
 ZERO_SV = 1e-6  # singular values below this fraction of the largest count as zero
+GRAM_FALLBACK = 1e-4  # a kept singular value below this fraction of the largest: float64 SVD instead of the Gram
 _NULL_EIG = 1e-13  # Gram eigenvalues below this fraction of the largest: exact null space
-_SAFE_EIG = 1e-10  # above this fraction: the Gram route is accurate; in between: SVD fallback
+_SAFE_EIG = GRAM_FALLBACK**2  # above this fraction of the largest Gram eigenvalue the Gram route is accurate; in between: SVD
 
 
 def top_svd(A: Tensor, r: int, opts: SVDOptions = SVDOptions(), tags=None) -> tuple[Tensor, Tensor, Tensor]:
@@ -64,10 +66,15 @@ def _top_svd_gram(A: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
     S, Q, inv = _top_eig(lam, Q, r)
     other = torch.stack([(a.double() @ q) if tall else (a.double().mT @ q) for a, q in zip(flat, Q)])
     other = other * inv.unsqueeze(-2)  # left = A V / S (tall) or right = A^T U / S (wide)
+    left, right = (other, Q) if tall else (Q, other)
+    # the Gram route's error in a direction grows like eps * (s_max / s)^2: where a kept singular
+    # value is weak, decompose that matrix with a float64 SVD instead
+    weak = ((S > ZERO_SV * S[:, :1]) & (S < GRAM_FALLBACK * S[:, :1])).any(-1)
+    for i in torch.nonzero(weak).flatten().tolist():
+        u, sv, vh = torch.linalg.svd(flat[i].double(), full_matrices=False)
+        left[i], S[i], right[i] = u[:, :r], sv[:r], vh[:r].mT
     S = S.reshape(*lead, r)
-    if tall:
-        return other.reshape(*lead, m, r), S, Q.reshape(*lead, n, r)
-    return Q.reshape(*lead, m, r), S, other.reshape(*lead, n, r)
+    return left.reshape(*lead, m, r), S, right.reshape(*lead, n, r)
 
 
 def _top_eig(lam: Tensor, Q: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -165,6 +172,51 @@ def randomized_svd(
     B = Q.mT @ A  # (..., ell, n)
     Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
     return (Q @ Ub)[..., :rank], S[..., :rank], Vh[..., :rank, :]
+
+
+def energy_rank(A: Tensor, share: float, opts: SVDOptions = SVDOptions(), tags=None, start: int = 16) -> Tensor:
+    """Per matrix of A (..., m, n): the smallest r with sum(s_1..s_r ^2) >= share * ||A||_F^2; (...,) long, CPU.
+
+    A zero matrix has rank 0. ``opts.svd="exact"``: from the exact spectrum. ``"randomized"``: no
+    full spectrum is computed; ``||A||_F^2`` gives the total energy for free, and a randomized
+    sketch of rank ``start, 2 start, 4 start, ...`` (seeded by ``tags`` and the rank) grows until
+    its singular values hold the share; from ``min(m, n)`` on the exact spectrum is used. A
+    sketch's singular values never exceed the true ones, so the rank found is never below the
+    exact rank, and equals it when the spectrum is clear at the cut.
+    """
+    m, n = A.shape[-2:]
+    d = min(m, n)
+    lead = tuple(A.shape[:-2])
+    if opts.svd != "randomized":
+        return _rank_from_spectrum(singular_values(A), share).cpu()
+    flat = A.reshape(-1, m, n)
+    names = _flatten_tags(tags, lead) if tags is not None else [f"#{i}" for i in range(flat.shape[0])]
+    total = flat.double().pow(2).sum((-2, -1)).cpu()  # (N,)
+    ranks = torch.zeros(flat.shape[0], dtype=torch.long)
+    pending = torch.nonzero(total > 0).flatten()
+    ell = max(1, min(start, d))
+    while pending.numel():
+        sub = flat[pending.to(flat.device)]
+        if ell >= d:
+            ranks[pending] = _rank_from_spectrum(singular_values(sub), share).cpu()
+            break
+        sub_tags = [f"{names[i]}|energy{ell}" for i in pending.tolist()]
+        S = randomized_svd(sub, ell, opts.oversample, opts.power_iters, opts.seed, sub_tags)[1].cpu()
+        cum = S.pow(2).cumsum(-1)
+        target = share * total[pending]
+        reached = cum[:, -1] >= target
+        ranks[pending[reached]] = ((cum < target[:, None]).sum(-1) + 1)[reached]
+        pending = pending[~reached]
+        ell *= 2
+    return ranks.reshape(lead)
+
+
+def _rank_from_spectrum(sv: Tensor, share: float) -> Tensor:
+    """Smallest r with sum(sv[:r]^2) >= share * sum(sv^2); sv (..., d) descending -> (...,) long (0 for zero)."""
+    e = sv.pow(2)
+    cum = e.cumsum(-1)
+    r = (cum < share * e.sum(-1, keepdim=True)).sum(-1) + 1
+    return torch.where(e.sum(-1) > 0, r.clamp_max(sv.shape[-1]), torch.zeros_like(r))
 
 
 def polar(X: Tensor) -> Tensor:

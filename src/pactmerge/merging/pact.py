@@ -1,7 +1,8 @@
 """PACT: Preserving Anchored Cores in Task-vectors (arXiv 2606.18627), a preprocessing step.
 
-The formulation follows the project's specification (docs/algorithms.md), which keeps the
-structure of the public code that cites the paper but corrects its linear algebra:
+The paper's text beyond its abstract is not available; the formulation is the project's
+specification of PACT (written out in ``docs/merging.md``), which keeps the structure of the
+public code that cites the paper but corrects its linear algebra:
 ``V0`` comes from the real pre-trained matrix ``W0`` (never a difference such as
 ``theta0 - theta0``, which is zero), and every union of subspaces is orthonormalised with a
 rank-revealing SVD that drops directions below ``rtol`` (never plain QR, which invents
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from pactmerge.errors import MergeError
 from pactmerge.merging.keys import layer_of
-from pactmerge.merging.linalg import orth_masked, singular_values, top_svd
+from pactmerge.merging.linalg import energy_rank, orth_masked, top_svd
 from pactmerge.merging.params import SVDOptions
 
 
@@ -81,20 +82,19 @@ def intrusion_energy(tau: Tensor, V0: Tensor) -> float:
     return float((tau @ V0).pow(2).sum()) / total if total > 0 else 0.0
 
 
-def _energy_rank(sv: Tensor, share: float) -> Tensor:
-    """Smallest r with sum(sv[:r]^2) >= share * sum(sv^2); sv (..., d) descending -> (...,) long."""
-    e = sv.pow(2)
-    cum = e.cumsum(-1)
-    r = (cum < share * e.sum(-1, keepdim=True)).sum(-1) + 1
-    return torch.where(e.sum(-1) > 0, r.clamp_max(sv.shape[-1]), torch.zeros_like(r))
+def _ranks(
+    w0: Tensor, taus: Tensor, cfg: PACTConfig, keys: Sequence[str], svd: SVDOptions, pre_tags=None, task_tags=None
+) -> tuple[Tensor, Tensor]:
+    """Per-key K (B,) and per-task-and-key k (T, B), validated against min(m, n).
 
-
-def _ranks(w0: Tensor, taus: Tensor, cfg: PACTConfig, keys: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """Per-key K (B,) and per-task-and-key k (T, B), validated against min(m, n)."""
+    ``rank_mode="energy"`` under ``svd="randomized"`` uses growing randomized sketches, never a
+    full spectrum (see ``linalg.energy_rank``)."""
     T, B, m, n = taus.shape
     d = min(m, n)
     if cfg.rank_mode == "energy":
-        return _energy_rank(singular_values(w0), cfg.tau_pre), _energy_rank(singular_values(taus), cfg.tau_task)
+        K = energy_rank(w0, cfg.tau_pre, svd, pre_tags)
+        k = energy_rank(taus, cfg.tau_task, svd, task_tags)
+        return K, k
     if cfg.rank_mode == "fraction":
         K, k = round(cfg.K_fraction * d), round(cfg.k_fraction * d)
     else:
@@ -143,7 +143,7 @@ def pact_filter_batch(
                 f"PACT: the pre-trained matrix of key {keys[b]!r} is all zeros, so it has no core to protect; "
                 "exclude the key from PACT (pact_include) or merge without pact+"
             )
-    K, k = _ranks(w0, taus, cfg, keys)
+    K, k = _ranks(w0, taus, cfg, keys, svd, pre_tags, task_tags)
     V0 = _masked_top_vectors(w0, K, svd, pre_tags)  # (B, n, K)
     Vt = _masked_top_vectors(taus, k, svd, task_tags)  # (T, B, n, k)
     # R_t's singular values are the sines of the angles between V0 and span(V_t); the tolerance

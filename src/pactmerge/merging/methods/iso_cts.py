@@ -10,6 +10,7 @@ by their polar factors and every singular value is replaced by their mean. Vecto
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,8 @@ from pactmerge.merging.linalg import top_svd
 from pactmerge.merging.methods.tsvm import concat_tasks, whitened_product
 from pactmerge.merging.params import SVDOptions
 from pactmerge.merging.spec import KeyContext, MethodSpec, linear_grid, mean_of_tasks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,10 @@ class Params(SVDOptions):
 
 
 def subspace_sizes(d: int, T: int, f: float) -> tuple[int, int]:
-    """(c, s): common rank and per-task rank for a matrix with min(m, n) = d."""
+    """(c, s): common rank and per-task rank for a matrix with min(m, n) = d.
+
+    c can come out negative (e.g. d = 7, T = 2, f = 0: s = 4, c = -1); ``merge_matrices`` refuses that.
+    """
     s = round(d * (1.0 - f) / T)
     return d - T * s, s
 
@@ -41,6 +47,21 @@ def subspace_sizes(d: int, T: int, f: float) -> tuple[int, int]:
 def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
     T, B, m, n = taus.shape
     c, s = subspace_sizes(min(m, n), T, params.f)
+    if c < 0:
+        raise MergeError(
+            f"Iso-CTS: f={params.f} with T={T} tasks gives c={c} common directions for key {ctx.keys[0]!r} "
+            f"(shape {m}x{n}, min(m, n)={min(m, n)}; s=round(min(m, n)*(1-f)/T)={s}, c=min(m, n)-T*s); "
+            "raise f or merge fewer tasks"
+        )
+    if s < 1 and params.f < 1.0:
+        # no room for task-specific directions in this key: it is merged as Iso-C (as the reference does)
+        diag = ctx.state.setdefault("diagnostics", {}).setdefault("iso_cts_no_task_subspace", [])
+        for key in ctx.keys:
+            log.warning(
+                "Iso-CTS: key %r (shape %dx%d) has no room for task-specific directions with f=%s and T=%d "
+                "(s = round(%d*(1-f)/T) = 0); it is merged as Iso-C", key, m, n, params.f, T, min(m, n),
+            )
+            diag.append(key)
     Uc, Sc, Vc = top_svd(taus.double().sum(0), c, SVDOptions())  # common subspace: always exact; float64
     # sum, so the task order does not change Delta's bits beyond float64 rounding
     Us, Ss, Vs = [Uc], [Sc], [Vc]

@@ -10,6 +10,7 @@ the whitening is always exact.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -17,6 +18,8 @@ from torch import Tensor
 from pactmerge.merging.linalg import polar, top_svd
 from pactmerge.merging.params import SVDOptions
 from pactmerge.merging.spec import KeyContext, MethodSpec, linear_grid, mean_of_tasks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,14 @@ def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
     T, B, m, n = taus.shape
     r = min(m, n) // T
     if r == 0:
+        # more tasks than min(m, n): no task keeps a singular direction, the key stays at theta0
+        diag = ctx.state.setdefault("diagnostics", {}).setdefault("tsvm_zero_rank_keys", [])
+        for key in ctx.keys:
+            log.warning(
+                "TSV-M: key %r (shape %dx%d) has min(m, n) = %d < T = %d tasks, so r_t = 0: "
+                "its merged task vector is zero (the key keeps its pre-trained value)", key, m, n, min(m, n), T,
+            )
+            diag.append(key)
         return taus.new_zeros(B, m, n)
     U, S, V = top_svd(taus, r, params, ctx.svd_tags("tsvm"))  # (T, B, m, r), (T, B, r), (T, B, n, r)
     S = S.permute(1, 0, 2).reshape(B, T * r)
