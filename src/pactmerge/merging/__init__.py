@@ -4,6 +4,7 @@
     merged_sd = res.apply(pretrained_sd, alpha)
 """
 
+from pactmerge.merging.cache import PACTCache
 from pactmerge.merging.engine import MergeResult, merge, merge_files, resolve_device
 from pactmerge.merging.keys import KeyPolicy, layer_of
 from pactmerge.merging.linalg import orth, randomized_svd
@@ -17,6 +18,7 @@ __all__ = [
     "KeyPolicy",
     "MergeResult",
     "MethodSpec",
+    "PACTCache",
     "PACTConfig",
     "SVDOptions",
     "TaskVector",

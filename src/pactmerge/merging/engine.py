@@ -20,6 +20,7 @@ from torch import Tensor
 
 from pactmerge.errors import MergeError
 from pactmerge.merging import pact as pact_mod
+from pactmerge.merging.cache import PACTCache
 from pactmerge.merging.pact import PACTConfig
 from pactmerge.merging.params import svd_options
 from pactmerge.merging.keys import KeyPolicy, matrix_shape
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _BATCH_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}  # task-vector bytes per batch of same-shape keys
 _CACHE_BYTES = 4 << 30  # in-memory merges keep preprocessed task vectors for a second pass up to this
+_PRIVATE_PACT_BYTES = 1 << 30  # a streaming multi-pass pact+ merge keeps PACT's output up to this
 
 
 @dataclass
@@ -71,6 +73,7 @@ def merge(
     compute_dtype: torch.dtype = torch.float32,
     task_ids: Sequence[str] | None = None,
     batch_bytes: int | None = None,
+    pact_cache: PACTCache | None = None,
 ) -> MergeResult:
     """Merge in-memory state dicts. ``finetuned`` are T state dicts with the pre-trained keys and shapes.
 
@@ -81,7 +84,9 @@ def merge(
     SVDs' test matrices, so the result does not depend on the order of ``finetuned``. Without
     them a content fingerprint of each model is used (see ``sources.fingerprint``).
     ``batch_bytes``: task-vector bytes per batch of same-shape matrix keys (default per device);
-    it changes speed and memory only, never the result beyond rounding.
+    it changes speed and memory only, never the result beyond rounding. ``pact_cache``: a
+    ``PACTCache`` shared by several ``pact+`` merges of the same inputs, so PACT runs once
+    (results bitwise identical to a merge without it).
 
     Raises ``MergeError`` for an unknown method or parameter, mismatched keys or shapes (naming the
     key and ``model i``, 1-based), NaN/Inf inputs, or an empty list.
@@ -90,7 +95,7 @@ def merge(
     fts = [DictSource(sd, f"model {i + 1}") for i, sd in enumerate(finetuned)]
     return _Engine(
         pre, fts, method, params, pact, key_policy, device, compute_dtype, cacheable=True,
-        task_ids=task_ids, batch_bytes=batch_bytes,
+        task_ids=task_ids, batch_bytes=batch_bytes, pact_cache=pact_cache,
     ).run()
 
 
@@ -106,17 +111,20 @@ def merge_files(
     compute_dtype: torch.dtype = torch.float32,
     task_ids: Sequence[str] | None = None,
     batch_bytes: int | None = None,
+    pact_cache: PACTCache | None = None,
 ) -> MergeResult:
     """Streaming ``merge`` over checkpoint files: safetensors files are read key by key.
 
     Same keywords as ``merge``, and the same result (bitwise) as ``merge`` on the loaded state
-    dicts given the same ``task_ids``. File problems raise ``CheckpointError``.
+    dicts given the same ``task_ids``. File problems raise ``CheckpointError``. Without a
+    ``pact_cache``, a multi-pass ``pact+`` method (``pact+ties``) keeps PACT's output between its
+    passes in a private cache of up to 1 GiB, beyond which it recomputes.
     """
     pre = open_source(pretrained, str(pretrained))
     fts = [open_source(p, str(p)) for p in finetuned]
     return _Engine(
         pre, fts, method, params, pact, key_policy, device, compute_dtype, cacheable=False,
-        task_ids=task_ids, batch_bytes=batch_bytes,
+        task_ids=task_ids, batch_bytes=batch_bytes, pact_cache=pact_cache,
     ).run()
 
 
@@ -147,7 +155,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 class _Engine:
     def __init__(self, pre, fts, method, params, pact, key_policy, device, compute_dtype, cacheable,
-                 task_ids=None, batch_bytes=None):
+                 task_ids=None, batch_bytes=None, pact_cache=None):
         if compute_dtype not in (torch.float32, torch.float64):
             raise MergeError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
         self.spec = get_method(method)
@@ -162,6 +170,13 @@ class _Engine:
         if batch_bytes is not None and not (isinstance(batch_bytes, int) and batch_bytes > 0):
             raise MergeError(f"batch_bytes must be a positive integer, got {batch_bytes!r}")
         self.batch_bytes = batch_bytes
+        if pact_cache is not None and not isinstance(pact_cache, PACTCache):
+            raise MergeError(f"pact_cache must be a PACTCache, got {type(pact_cache).__name__}")
+        if pact_cache is None and self.spec.pact and self.spec.prepare is not None and not cacheable:
+            pact_cache = PACTCache(_PRIVATE_PACT_BYTES)
+        self.pact_cache = pact_cache if self.spec.pact else None
+        self._pact_sig = None
+        self._pact_counts = {"computed_keys": 0, "served_keys": 0}
         self.policy = key_policy or KeyPolicy()
         self.device = resolve_device(device)
         self.dtype = compute_dtype
@@ -227,6 +242,17 @@ class _Engine:
             if self._cache is not None and idx in self._cache:
                 yield kind, keys, self._cache[idx]
                 continue
+            if kind == "matrix" and self.pact_cache is not None and self._pact_applies(keys[0]):
+                hit = self.pact_cache.get(self._pact_signature(), keys, self.device)
+                if hit is not None:
+                    taus, diags = hit
+                    self._pact_counts["served_keys"] += len(keys)
+                    if record:
+                        self._pact_diag.update(zip(keys, diags))
+                    if self._cache is not None and self._cache_room(taus):
+                        self._cache[idx] = taus
+                    yield kind, keys, taus
+                    continue
             base, taus = self._load(keys)
             if kind == "matrix":
                 T, B = taus.shape[:2]
@@ -239,11 +265,31 @@ class _Engine:
                     )
                     self._sync()
                     self.timings["pact"] += time.perf_counter() - t0
+                    self._pact_counts["computed_keys"] += len(keys)
                     if record:
                         self._pact_diag.update(zip(keys, diags))
+                    if self.pact_cache is not None:
+                        pins = [s._state for s in [self.pre, *self.fts] if isinstance(s, DictSource)]
+                        self.pact_cache.put(self._pact_signature(), keys, taus, diags, pin=pins or None)
             if self._cache is not None and self._cache_room(taus):
                 self._cache[idx] = taus
             yield kind, keys, taus
+
+    def _pact_signature(self) -> tuple:
+        """Everything PACT's output depends on (see ``PACTCache``); computed once per merge."""
+        if self._pact_sig is None:
+            budget = self.batch_bytes or _BATCH_BYTES.get(self.device.type, _BATCH_BYTES["cpu"])
+            self._pact_sig = (
+                tuple(src.identity() for src in [self.pre, *self.fts]),
+                tuple(self.task_ids) if self.task_ids else None,
+                self.pact_cfg,
+                self.svd,
+                self.policy,
+                str(self.dtype),
+                str(self.device),
+                budget,
+            )
+        return self._pact_sig
 
     def _cache_room(self, taus: Tensor) -> bool:
         used = sum(t.numel() * t.element_size() for t in self._cache.values())
@@ -296,6 +342,7 @@ class _Engine:
         diagnostics.update(state.get("diagnostics", {}))
         if self.spec.pact:
             diagnostics["pact"] = pact_mod.summarize({k: self._pact_diag[k] for k in order if k in self._pact_diag})
+            diagnostics["pact_cache"] = dict(self._pact_counts)
         self.timings["total"] = time.perf_counter() - start
         log.info("merged %d keys of %d models with %s in %.2fs", len(tau), len(self.fts), self.spec.name, self.timings["total"])
         return MergeResult(

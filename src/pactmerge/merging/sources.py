@@ -30,9 +30,10 @@ _ST_DTYPES = {
 class DictSource:
     """A source over an in-memory state dict; ``name`` is how messages refer to it."""
 
-    def __init__(self, state: Mapping[str, Tensor], name: str):
+    def __init__(self, state: Mapping[str, Tensor], name: str, identity: tuple | None = None):
         self.name = name
         self._state = state
+        self._identity = identity
         for key, value in state.items():
             if not isinstance(value, Tensor):
                 raise MergeError(f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor")
@@ -46,6 +47,13 @@ class DictSource:
 
     def get(self, key: str) -> Tensor:
         return self._state[key]
+
+    def identity(self) -> tuple:
+        """What a cache may key this source by: its file when it was loaded from one, else the
+        mapping's identity and its tensors' version counters (an in-place change alters them)."""
+        if self._identity is not None:
+            return self._identity
+        return ("memory", id(self._state), sum(t._version for t in self._state.values()))
 
 
 class FileSource:
@@ -93,6 +101,10 @@ class FileSource:
     def keys(self) -> list[str]:
         return list(self._entries)
 
+    def identity(self) -> tuple:
+        """The file by resolved path, size and modification time (what a cache may key it by)."""
+        return file_identity(self.path)
+
     def meta(self, key: str) -> TensorMeta:
         return self._entries[key][0]
 
@@ -108,13 +120,18 @@ class FileSource:
         return torch.frombuffer(buf, dtype=meta.dtype).reshape(meta.shape)
 
 
+def file_identity(path: str | os.PathLike) -> tuple:
+    st = os.stat(path)
+    return ("file", str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
 def open_source(path: str | os.PathLike, name: str) -> DictSource | FileSource:
     """A lazy source for a safetensors file, an in-memory one for a torch weights file."""
     from pactmerge.fileio import is_safetensors, load_state_dict
 
     if is_safetensors(path):
         return FileSource(path, name)
-    return DictSource(load_state_dict(path), name)
+    return DictSource(load_state_dict(path), name, identity=file_identity(path))
 
 
 def validate_sources(pretrained, finetuned: Sequence) -> None:
