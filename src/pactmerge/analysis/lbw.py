@@ -28,6 +28,7 @@ import torch
 
 from pactmerge.analysis.subspaces import energy_share, interference_matrix, key_spaces, similarity_matrix
 from pactmerge.errors import ConfigError, MergeError
+from pactmerge.merging import resolve_device
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -194,7 +195,7 @@ def analyze_states(
     keys = _matrix_keys(pretrained, cfg)
     if not keys:
         raise ConfigError("the encoder has no matrix keys to analyse (all excluded, or a model of vectors only)")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    device = resolve_device(cfg.device)
     records: dict[str, dict[str, Any]] = {}
     for key in keys:
         w0 = pretrained[key].to(device)

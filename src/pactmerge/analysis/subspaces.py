@@ -1,7 +1,7 @@
 """The subspaces of the load-bearing-wall (LBW) analysis, for one matrix key.
 
 All bases live in the input space ``R^n`` of a weight ``W ∈ R^{m×n}`` (columns orthonormal,
-float64), as in the PACT specification (``docs/algorithms.md``):
+float64), as in the PACT specification (``pactmerge.merging.pact``'s docstring):
 
 * pre-trained core ``V0``: top-K right singular vectors of ``W0``;
 * task core ``Vt``: top-k right singular vectors of ``τt``;
