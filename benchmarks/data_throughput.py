@@ -36,11 +36,12 @@ import torch
 from PIL import Image
 
 
-def make_jpeg_dataset(root: Path, n: int, size: int, classes: int = 10, seed: int = 0) -> None:
-    """A train/ (n images) and test/ (one per class) ImageFolder tree of textured JPEGs (quality 90)."""
+def make_jpeg_dataset(root: Path, n: int, size: int, classes: int = 10, seed: int = 0, n_test: int | None = None) -> None:
+    """A train/ (n images) and test/ (``n_test`` images, default one per class) ImageFolder tree of
+    textured JPEGs (quality 90)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    for split, count in (("train", n), ("test", classes)):
+    for split, count in (("train", n), ("test", classes if n_test is None else max(n_test, classes))):
         for i in range(count):
             c = i % classes
             d = root / split / f"class{c}"
