@@ -1,8 +1,10 @@
 """``StoreEncoderCallback``: put a finished fine-tune into the checkpoint store when fitting ends.
 
-Placed before ``MergeCallback`` in a Trainer's callbacks, it makes the encoder just trained
-visible to the merge callback in the same ``on_fit_end``. A fit that stopped early
-(interrupted, out of data) stores nothing.
+For Trainers of your own (the study's stages store their fits themselves, once, in
+``pipeline.stages``). Placed before ``MergeCallback`` in a Trainer's callbacks, it makes the
+encoder just trained visible to the merge callback in the same ``on_fit_end``. A fit that
+stopped early (interrupted, out of data) stores nothing; an entry already stored is kept.
+The module needs an ``encoder_state_dict()`` method (``CLIPFineTuner`` has one).
 """
 
 from __future__ import annotations
