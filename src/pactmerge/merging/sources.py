@@ -23,8 +23,24 @@ from pactmerge.merging.keys import TensorMeta
 _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
+
+# What a merge does with each dtype, the same for files and in-memory state dicts:
+# these floating dtypes are merged (computed in float32/float64, cast back by ``apply``);
+# integer and bool tensors (uint16/32/64 included) are buffers copied from theta0 untouched;
+# anything else (float8, complex, ...) is refused with a message naming the key and the model.
+MERGEABLE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def dtype_role(dtype: torch.dtype) -> str:
+    """"float" (merged), "int" (copied from theta0) or "unsupported" (refused)."""
+    if dtype in MERGEABLE_FLOATS:
+        return "float"
+    if dtype.is_floating_point or dtype.is_complex:
+        return "unsupported"
+    return "int"
 
 
 class DictSource:
@@ -75,20 +91,34 @@ class FileSource:
                 if header_len > size - 8:
                     raise ValueError("header longer than the file")
                 header = json.loads(fh.read(header_len))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
             self._data_start = 8 + header_len
             self._entries = {}
             for key, info in header.items():
                 if key == "__metadata__":
                     continue
-                begin, end = info["data_offsets"]
+                if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+                    raise ValueError(f"key {key!r} has a malformed entry {info!r}")
+                offsets, raw_shape = info["data_offsets"], info["shape"]
+                if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+                    raise ValueError(f"key {key!r} has malformed data_offsets {offsets!r}")
+                begin, end = offsets
+                if not isinstance(raw_shape, list) or not all(type(d) is int for d in raw_shape):
+                    raise ValueError(f"key {key!r} has a malformed shape {raw_shape!r}")
+                if any(d < 0 for d in raw_shape):
+                    raise ValueError(f"key {key!r} has a negative dimension in its shape {raw_shape}")
                 dtype = _ST_DTYPES.get(info["dtype"])
                 if dtype is None:
-                    raise CheckpointError(f"{self.path}: key {key!r} has unsupported dtype {info['dtype']}")
-                shape = tuple(int(d) for d in info["shape"])
+                    raise CheckpointError(
+                        f"{self.path}: key {key!r} has dtype {info['dtype']!r}, which pactmerge does not read; "
+                        "convert the checkpoint to float32 / bfloat16 / float16"
+                    )
+                shape = tuple(raw_shape)
                 numel = 1
                 for d in shape:
                     numel *= d
-                if end - begin != numel * dtype.itemsize or self._data_start + end > size:
+                if not 0 <= begin <= end or end - begin != numel * dtype.itemsize or self._data_start + end > size:
                     raise ValueError(f"key {key!r} lies outside the file or has the wrong size")
                 self._entries[key] = (TensorMeta(shape, dtype), begin, end)
         except CheckpointError:
@@ -142,6 +172,9 @@ def validate_sources(pretrained, finetuned: Sequence) -> None:
     if len(finetuned) == 0:
         raise MergeError("no fine-tuned models given: a merge needs at least one")
     ref_keys = pretrained.keys()
+    for key in ref_keys:
+        if dtype_role(pretrained.meta(key).dtype) == "unsupported":
+            raise MergeError(_unsupported(key, pretrained.meta(key).dtype, pretrained.name))
     ref = set(ref_keys)
     for src in finetuned:
         keys = set(src.keys())
@@ -155,11 +188,32 @@ def validate_sources(pretrained, finetuned: Sequence) -> None:
         if extra:
             raise MergeError(f"{src.name} has key {extra[0]!r}, which {pretrained.name} lacks; all models must match")
         for key in ref_keys:
-            a, b = pretrained.meta(key).shape, src.meta(key).shape
-            if a != b:
+            ma, mb = pretrained.meta(key), src.meta(key)
+            if ma.shape != mb.shape:
                 raise MergeError(
-                    f"key {key!r} has shape {list(b)} in {src.name} but {list(a)} in {pretrained.name}"
+                    f"key {key!r} has shape {list(mb.shape)} in {src.name} but {list(ma.shape)} in {pretrained.name}"
                 )
+            ra, rb = dtype_role(ma.dtype), dtype_role(mb.dtype)
+            if rb == "unsupported":
+                raise MergeError(_unsupported(key, mb.dtype, src.name))
+            if ra != rb:
+                raise MergeError(
+                    f"key {key!r} is {_dtype_name(mb.dtype)} in {src.name} but {_dtype_name(ma.dtype)} in "
+                    f"{pretrained.name}: a fine-tuned model must keep the pre-trained model's floating-point and "
+                    "integer tensors as such (wrong or corrupt checkpoint?)"
+                )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _unsupported(key: str, dtype: torch.dtype, name: str) -> str:
+    return (
+        f"key {key!r} of {name} has dtype {_dtype_name(dtype)}, which pactmerge does not merge "
+        "(it merges float16, bfloat16, float32 and float64 tensors and copies integer buffers); "
+        "convert the checkpoint, e.g. to float32 or bfloat16"
+    )
 
 
 def check_finite(tensor: Tensor, key: str, source_name: str) -> None:
