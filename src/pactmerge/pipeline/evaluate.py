@@ -95,10 +95,11 @@ class SplitSubset:
     ``evaluate_encoder`` takes a data module (it has ``val_dataloader`` / ``test_dataloader``
     and ``gpu_transform``). ``size`` examples are drawn without replacement by
     ``numpy.random.default_rng(seed)`` from the split's positions and kept in sorted order;
-    a split of at most ``size`` examples is used whole.
+    a split of at most ``size`` examples is used whole. ``complement=True`` gives the other
+    examples of the split instead (the subset and its complement partition the split).
     """
 
-    def __init__(self, dm, split: str, size: int, seed: int) -> None:
+    def __init__(self, dm, split: str, size: int, seed: int, *, complement: bool = False) -> None:
         from torch.utils.data import Subset
 
         role = "val" if split == "val" else "test"
@@ -107,9 +108,13 @@ class SplitSubset:
         dataset = dm.datasets[role]
         n = len(dataset)
         if size >= n:
-            self.indices = list(range(n))
+            chosen = list(range(n))
         else:
-            self.indices = sorted(np.random.default_rng(seed).choice(n, size=size, replace=False).tolist())
+            chosen = sorted(np.random.default_rng(seed).choice(n, size=size, replace=False).tolist())
+        if complement:
+            taken = set(chosen)
+            chosen = [i for i in range(n) if i not in taken]
+        self.indices = chosen
         self.dm, self.split, self.dataset = dm, split, Subset(dataset, self.indices)
 
     def __len__(self) -> int:

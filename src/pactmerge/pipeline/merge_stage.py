@@ -20,8 +20,9 @@ and the ``MergeCallback``. In order:
    each task's validation split (``ALPHA_SUBSET`` examples per task, drawn with
    ``numpy.random.default_rng(cfg.seed)``; the whole split when it is no larger), then the best
    ``ALPHA_CONFIRM`` α of that search are re-scored on the full validation splits and the best
-   of those is chosen (ties to the smaller α). ``fixed`` and single-point grids are scored on the
-   full splits only.
+   of those is chosen (ties to the smaller α); the re-scoring evaluates only each subset's
+   complement and adds the counts already made on the subset. ``fixed`` and single-point grids
+   are scored on the full splits only.
 5. **Store**: the merged encoder as ``merged/<id>``, its entry recording the resolved method
    parameters (``params``) and PACT parameters (``pact_params``) separately, α, the search
    (curve on the subset, ``confirmed`` scores on the full split), test accuracy and timings;
@@ -302,28 +303,56 @@ def run_merge_stage(ctx: Any, merges: Sequence[PlannedMerge] | None = None, *,
 
 
 class _Scorer:
-    """Mean accuracy of merged states on the full validation splits, on their seeded subsets, and on test."""
+    """Mean validation accuracy of merged states, on the seeded subsets or on the full splits, and test accuracy.
 
-    def __init__(self, ctx: Any) -> None:
+    A full-split score of an α already scored on the subsets evaluates only the subsets'
+    complements and adds the counts (correct = accuracy × examples, exact integers), so the
+    re-scoring pass costs the rest of each split, not all of it. The result equals an
+    evaluation of the whole split: each example is classified on its own (eval mode).
+    """
+
+    def __init__(self, ctx: Any, subset_size: int = ALPHA_SUBSET) -> None:
         from pactmerge.pipeline.evaluate import SplitSubset
 
         self.ctx, self.device = ctx, ctx.cfg.merge.device
         self.dms = ctx.datamodules()
-        self.subsets = {t: SplitSubset(dm, "val", ALPHA_SUBSET, ctx.cfg.seed) for t, dm in self.dms.items()}
-        full = {t: len(dm.datasets["val"]) for t, dm in self.dms.items()}
-        self.use_subset = any(len(self.subsets[t]) < full[t] for t in full)
+        seed = ctx.cfg.seed
+        self.subsets = {t: SplitSubset(dm, "val", subset_size, seed) for t, dm in self.dms.items()}
+        rests = {t: SplitSubset(dm, "val", subset_size, seed, complement=True) for t, dm in self.dms.items()}
+        self.rests = {t: r for t, r in rests.items() if len(r)}
+        self.use_subset = bool(self.rests)
+        self._subset_counts: dict[float, dict[str, int]] = {}
 
     def accuracies(self, state: Mapping[str, Any], split: str, dms: Mapping[str, Any]) -> dict[str, float]:
         from pactmerge.pipeline.evaluate import evaluate_encoder
 
+        if not dms:
+            return {}
         loaded = self.ctx.loaded
         return evaluate_encoder(loaded.encoder, state, self.ctx.heads(), dms, split=split,
                                 logit_scale=loaded.logit_scale, device=self.device)
 
-    def mean(self, state: Mapping[str, Any], subset: bool) -> float:
-        from pactmerge.pipeline.evaluate import summarize
+    def new_merge(self) -> None:
+        """Forget the subset counts of the previous merge."""
+        self._subset_counts.clear()
 
-        return summarize(self.accuracies(state, "val", self.subsets if subset else self.dms))["avg_absolute"]
+    def subset_score(self, alpha: float, state: Mapping[str, Any]) -> float:
+        accs = self.accuracies(state, "val", self.subsets)
+        self._subset_counts[alpha] = {t: round(a * len(self.subsets[t])) for t, a in accs.items()}
+        return sum(accs.values()) / len(accs)
+
+    def full_score(self, alpha: float, state: Mapping[str, Any]) -> float:
+        counts = self._subset_counts.get(alpha)
+        if counts is None:
+            accs = self.accuracies(state, "val", self.dms)
+            return sum(accs.values()) / len(accs)
+        rest = self.accuracies(state, "val", self.rests)
+        accs = {}
+        for t, sub in self.subsets.items():
+            n_rest = len(self.rests[t]) if t in self.rests else 0
+            correct = counts[t] + (round(rest[t] * n_rest) if n_rest else 0)
+            accs[t] = correct / (len(sub) + n_rest)
+        return sum(accs.values()) / len(accs)
 
 
 def _build_one(ctx: Any, planned: PlannedMerge, inputs: MergeInputs, key_policy: Any, scorer: _Scorer,
@@ -333,6 +362,7 @@ def _build_one(ctx: Any, planned: PlannedMerge, inputs: MergeInputs, key_policy:
     from pactmerge.pipeline.evaluate import summarize
 
     m, store = ctx.cfg.merge, ctx.store
+    scorer.new_merge()
     t0 = time.perf_counter()
     res = merge_files(inputs.pretrained_path, inputs.finetuned_paths, planned.method, key_policy=key_policy,
                       device=m.device, **core_kwargs(planned, inputs, cache))
@@ -344,8 +374,8 @@ def _build_one(ctx: Any, planned: PlannedMerge, inputs: MergeInputs, key_policy:
         grid = list(m.alpha_grid)
     mode = m.alpha_search if len(grid) > 1 else "fixed"
     fixed = m.alpha if m.alpha is not None else res.default_alpha
-    choice = choose_alpha(lambda a: scorer.mean(res.apply(inputs.pretrained, a), subset=False), grid, mode,
-                          subset=(lambda a: scorer.mean(res.apply(inputs.pretrained, a), subset=True))
+    choice = choose_alpha(lambda a: scorer.full_score(a, res.apply(inputs.pretrained, a)), grid, mode,
+                          subset=(lambda a: scorer.subset_score(a, res.apply(inputs.pretrained, a)))
                           if scorer.use_subset else None,
                           fixed=fixed, subset_size=ALPHA_SUBSET)
     merged = res.apply(inputs.pretrained, choice.alpha)
