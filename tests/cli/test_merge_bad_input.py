@@ -138,9 +138,10 @@ def test_stream_needs_safetensors(write_models, out_dir, cli):
     assert "--stream" in err and str(pt) in err
 
 
-def test_conflicting_hyper_parameters(write_models, out_dir, cli):
+@pytest.mark.parametrize("given", [["--param", "pact.K=4"], ["--param", "pact={K: 4}"]], ids=["dotted", "mapping"])
+def test_conflicting_hyper_parameters(write_models, out_dir, cli, given):
     models = write_models(T=2)
-    err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", "--param", "pact.K=4", "--pact-K", "5")
+    err = refused(cli, out_dir, *models.argv(), "--method", "pact+tsvm", *given, "--pact-K", "5")
     assert "'K'" in err and "--pact-K" in err
 
 

@@ -36,13 +36,15 @@ CASES = [
      {"svd": "randomized", "seed": 3}, {"K": 4, "k": 2}, 0.9),
     ("pact+tsvm", ["--param", "pact.K=4", "--param", "pact.k=2", "--pact-protect", "self"], {},
      {"K": 4, "k": 2, "protect": "self"}, None),
+    ("pact+tsvm", ["--param", "pact={K: 4, k: 2}", "--svd", "randomized"], {"svd": "randomized"}, {"K": 4, "k": 2},
+     None),
     ("pact+ties", ["--ties-k", "30", "--pact-K", "4", "--pact-k", "2", "--param", "threshold_scope=per_key"],
      {"k": 30.0, "threshold_scope": "per_key"}, {"K": 4, "k": 2}, None),
 ]
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "in-memory"])
-@pytest.mark.parametrize("method,flags,params,pact,alpha", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("method,flags,params,pact,alpha", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_output_equals_in_memory_merge(write_models, out_dir, cli, stream, method, flags, params, pact, alpha):
     models = write_models(T=3)
     out = out_dir / "merged.safetensors"

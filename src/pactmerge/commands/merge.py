@@ -344,13 +344,16 @@ def _write_outputs(out: Path, merged: dict, method: str, sidecar_path: Path, sid
             tmp_sidecar.write_text(fileio.json_text(sidecar), encoding="utf-8")
             target = out
     except OSError as exc:
+        where = exc.filename or target
         raise CheckpointError(
-            f"{target}: cannot be written ({exc.strerror or exc}); {out} and {sidecar_path} were left as they were"
+            f"{where}: cannot be written ({exc.strerror or exc}) while writing {target}; nothing was moved onto "
+            f"{out} or {sidecar_path} unless both were complete"
         ) from None
 
 
-def _collect_params(args: argparse.Namespace, spec) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(method params incl. the merge-wide SVD options, PACT params) from the derived flags and ``--param``.
+def _collect_params(args: argparse.Namespace, spec) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(method params incl. the merge-wide SVD options, PACT params or None) from the derived flags and
+    ``--param`` (``pact.KEY=VALUE``, or ``pact={...}`` as one mapping, for PACT).
 
     A key given twice must agree. A method flag of another method (``--ties-k`` with ``tsvm``) is refused.
     """
@@ -391,7 +394,11 @@ def _collect_params(args: argparse.Namespace, spec) -> tuple[dict[str, Any], dic
             raise ConfigError(str(exc)) from None
         put(pact if f.namespace == PACT_NS else params, PACT_NS if f.namespace == PACT_NS else "params",
             f.field, value, f"{f.flag} {raw if not isinstance(raw, list) else ' '.join(raw)}")
-    return params, pact
+    if pact and isinstance(params.get("pact"), dict):  # --param pact={...} and --pact-* flags together
+        nested = params.pop("pact")
+        for key, value in nested.items():
+            put(pact, PACT_NS, key, value, f"--param pact={nested}")
+    return params, (pact or None)
 
 
 def _flag_value(raw: Any, hint: Any, flag: str) -> Any:
