@@ -261,7 +261,7 @@ class _Engine:
                 if self._pact_applies(keys[0]):
                     t0 = time.perf_counter()
                     taus, diags = pact_mod.pact_filter_batch(
-                        base, taus, self.pact_cfg, keys, self.svd, self.task_ids or None
+                        base, taus, self.pact_cfg, keys, self.svd, self.task_ids or None, inplace=True
                     )
                     self._sync()
                     self.timings["pact"] += time.perf_counter() - t0
@@ -274,6 +274,7 @@ class _Engine:
             if self._cache is not None and self._cache_room(taus):
                 self._cache[idx] = taus
             yield kind, keys, taus
+            base = taus = None  # nothing of this batch outlives its consumer
 
     def _pact_signature(self) -> tuple:
         """Everything PACT's output depends on (see ``PACTCache``); computed once per merge."""
@@ -329,6 +330,7 @@ class _Engine:
                     tau[key] = merged[b].reshape(self.pre.meta(key).shape).to("cpu", torch.float32)
             else:
                 tau[keys[0]] = self.spec.merge_vectors(taus[:, 0], self.mparams, ctx).to("cpu", torch.float32)
+            taus = merged = None  # free this batch before the next one is read
             self._sync()
             self.timings["merge"] += time.perf_counter() - t0
         self._cache = None

@@ -148,6 +148,9 @@ def _flatten_tags(tags, lead: tuple[int, ...]) -> list[str]:
     return [t for sub in tags for t in _flatten_tags(sub, lead[1:])]
 
 
+_RSVD_CHUNK_BYTES = {"cpu": 32 << 20, "cuda": 1 << 30}  # float64 bytes of A converted at once
+
+
 def randomized_svd(
     A: Tensor, rank: int, oversample: int = 10, power_iters: int = 2, seed: int = 0, tags=None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,20 +161,42 @@ def randomized_svd(
     ``A``'s device: the result does not depend on the device, the batch a matrix is part of,
     or its position there. ``power_iters`` power iterations with QR re-orthonormalisation
     after every product. Everything runs in float64 (products, QR and the small SVD), so the
-    only error left is the sketch's approximation error.
+    only error left is the sketch's approximation error. A batch is converted to float64 a
+    chunk of matrices at a time (``_RSVD_CHUNK_BYTES``), so no float64 copy of the whole batch
+    is ever held.
     """
-    A = A.double()
     m, n = A.shape[-2:]
+    lead = tuple(A.shape[:-2])
     ell = min(rank + oversample, m, n)
-    omega = gaussian_test_matrices(tuple(A.shape[:-2]), n, ell, seed, tags).to(A.device)
-    Q = torch.linalg.qr(A @ omega).Q  # (..., m, ell)
-    del omega
-    for _ in range(power_iters):
-        Z = torch.linalg.qr(A.mT @ Q).Q
-        Q = torch.linalg.qr(A @ Z).Q
-    B = Q.mT @ A  # (..., ell, n)
-    Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
-    return (Q @ Ub)[..., :rank], S[..., :rank], Vh[..., :rank, :]
+    flat = A.reshape(-1, m, n)
+    names = _flatten_tags(tags, lead) if tags is not None else [f"#{i}" for i in range(flat.shape[0])]
+    per = max(1, _RSVD_CHUNK_BYTES.get(A.device.type, _RSVD_CHUNK_BYTES["cpu"]) // (8 * m * n))
+    Us, Ss, Vhs = [], [], []
+    for i in range(0, flat.shape[0], per):
+        a = flat[i : i + per].double()
+        omega = gaussian_test_matrices((a.shape[0],), n, ell, seed, names[i : i + per]).to(a.device)
+        Q = torch.linalg.qr(a @ omega).Q  # (c, m, ell)
+        del omega
+        for _ in range(power_iters):
+            Z = torch.linalg.qr(a.mT @ Q).Q
+            Q = torch.linalg.qr(a @ Z).Q
+        Ub, S, Vh = torch.linalg.svd(Q.mT @ a, full_matrices=False)  # of the small (c, ell, n)
+        del a
+        Us.append((Q @ Ub)[..., :rank]), Ss.append(S[..., :rank]), Vhs.append(Vh[..., :rank, :])
+    U, S, Vh = torch.cat(Us), torch.cat(Ss), torch.cat(Vhs)
+    r = U.shape[-1]
+    return U.reshape(*lead, m, r), S.reshape(*lead, r), Vh.reshape(*lead, r, n)
+
+
+def sum_tasks_float64(taus: Tensor) -> Tensor:
+    """``taus.sum(0)`` in float64 for taus (T, ...), one task at a time (no float64 copy of the stack).
+
+    Each float32 value is exact in float64, so the task order changes the sum by float64 rounding only.
+    """
+    acc = taus[0].to(torch.float64, copy=True)
+    for t in taus[1:]:
+        acc += t
+    return acc
 
 
 def energy_rank(A: Tensor, share: float, opts: SVDOptions = SVDOptions(), tags=None, start: int = 16) -> Tensor:

@@ -123,8 +123,11 @@ def pact_filter_batch(
     keys: Sequence[str],
     svd: SVDOptions | None = None,
     task_ids: Sequence[str] | None = None,
+    inplace: bool = False,
 ) -> tuple[Tensor, list[list[dict]]]:
     """PACT on B same-shape matrix keys: w0 (B, m, n), taus (T, B, m, n) -> (cleaned like taus, diag[b][t]).
+
+    ``inplace``: write the cleaned vectors into ``taus`` (saves one copy of the batch).
 
     ``svd``: how the truncated SVDs of steps 1-2 are computed (default: exact). Under
     ``svd="randomized"`` the test matrix of ``V0`` is seeded by (seed, key, "pretrained") and
@@ -161,7 +164,7 @@ def pact_filter_batch(
         P, _ = orth_masked(torch.stack(unions), cfg.rtol)
     dims = (P.abs().sum(-2) > 0).sum(-1)  # (T, B): non-zero basis columns
     skipped = dims > cfg.guard * n
-    cleaned = torch.empty_like(taus)
+    cleaned = taus if inplace else torch.empty_like(taus)
     stats = torch.zeros(4, T, B, dtype=torch.float64)  # before, after, total, kept
     for t in range(T):  # one task at a time in float64 keeps the working set at one task vector
         t64 = taus[t].double()

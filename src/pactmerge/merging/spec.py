@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import Tensor
 
 
@@ -71,4 +72,7 @@ def mean_of_tasks(taus: Tensor, params: Any = None, ctx: KeyContext | None = Non
     """The plain mean of the task vectors over the task axis (the default rule for vector keys).
 
     Summed in float64, so the order of the tasks changes nothing beyond float64 rounding."""
-    return (taus.double().sum(0) / taus.shape[0]).to(taus.dtype)
+    acc = taus[0].to(torch.float64, copy=True)
+    for t in taus[1:]:  # one task at a time: no float64 copy of the whole stack
+        acc += t
+    return (acc / taus.shape[0]).to(taus.dtype)

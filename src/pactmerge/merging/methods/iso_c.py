@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from pactmerge.merging.linalg import polar_and_singular_values
+from pactmerge.merging.linalg import polar_and_singular_values, sum_tasks_float64
 from pactmerge.merging.params import SVDOptions
 from pactmerge.merging.spec import KeyContext, MethodSpec, linear_grid, mean_of_tasks
 
@@ -24,7 +24,7 @@ class Params(SVDOptions):
 
 
 def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
-    P, S = polar_and_singular_values(taus.double().sum(0))  # (B, m, n), (B, min(m, n)); float64 sum: order-free
+    P, S = polar_and_singular_values(sum_tasks_float64(taus))  # (B, m, n), (B, min(m, n)); float64 sum: order-free
     return (S.mean(-1)[:, None, None] * P).to(taus.dtype)
 
 

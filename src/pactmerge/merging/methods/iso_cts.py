@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from pactmerge.errors import MergeError
-from pactmerge.merging.linalg import top_svd
+from pactmerge.merging.linalg import sum_tasks_float64, top_svd
 from pactmerge.merging.methods.tsvm import concat_tasks, whitened_product
 from pactmerge.merging.params import SVDOptions
 from pactmerge.merging.spec import KeyContext, MethodSpec, linear_grid, mean_of_tasks
@@ -62,7 +62,7 @@ def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
                 "(s = round(%d*(1-f)/T) = 0); it is merged as Iso-C", key, m, n, params.f, T, min(m, n),
             )
             diag.append(key)
-    Uc, Sc, Vc = top_svd(taus.double().sum(0), c, SVDOptions())  # common subspace: always exact; float64
+    Uc, Sc, Vc = top_svd(sum_tasks_float64(taus), c, SVDOptions())  # common subspace: always exact; float64
     # sum, so the task order does not change Delta's bits beyond float64 rounding
     Us, Ss, Vs = [Uc], [Sc], [Vc]
     if s > 0:
