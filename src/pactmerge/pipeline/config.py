@@ -277,8 +277,9 @@ def _validate_merge(cfg: RunConfig, bad) -> None:
             raise bad("merge.device", f"= {m.device!r} is not a device; use auto, cpu, cuda or cuda:N")
     from pactmerge.errors import MergeError
     from pactmerge.merging import get_method
+    from pactmerge.pipeline.merge_stage import plan_merges, resolved_params
 
-    methods = m.methods if isinstance(m.methods, (list, tuple)) else [m.methods]
+    methods = [m.methods] if isinstance(m.methods, str) else list(m.methods)
     for i, name in enumerate(methods):
         if name == "all":
             continue
@@ -286,6 +287,12 @@ def _validate_merge(cfg: RunConfig, bad) -> None:
             get_method(name)
         except MergeError as exc:
             raise bad(f"merge.methods[{i}]", f"= {name!r}: {exc}") from None
+    for planned in plan_merges(m):  # every merge's parameters, resolved by the registry as the merge will
+        try:
+            resolved_params(planned)
+        except MergeError as exc:
+            raise bad("merge", f"(merge {planned.id}): {exc}; parameters come from merge.params (every merge), "
+                      "merge.pact_params (PACT only) and merge.method_params.<method>") from None
 
 
 def _validate_cluster(cfg: RunConfig, bad) -> None:

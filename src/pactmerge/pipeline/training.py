@@ -153,14 +153,18 @@ def build_trainer(recipe: Recipe, ckpt_dir: Path, trainer_kwargs: Mapping[str, A
         logger=loggers or False,
         log_every_n_steps=recipe.log_every_n_steps, limit_val_batches=recipe.limit_val_batches,
         num_sanity_val_steps=0, enable_progress_bar=True, enable_model_summary=False,
+        # CPU: deterministic algorithms everywhere (bitwise-reproducible fits for one thread
+        # count). CUDA: left to the kernels' defaults, which are not all deterministic
+        # (bf16 autocast, atomics in some backward passes); see docs/reproducibility.md.
+        deterministic=True if acc == "cpu" else None,
     )
     if recipe.val_check_interval is not None:
         kwargs["val_check_interval"] = recipe.val_check_interval
         kwargs["check_val_every_n_epoch"] = None  # step-based validation may cross epoch ends
     extra = list(trainer_kwargs.pop("callbacks", []))
     kwargs.update(trainer_kwargs)
-    bar = [] if any(isinstance(c, TQDMProgressBar) for c in [*(callbacks or []), *extra]) else \
-        [StepProgressBar(_stage_title(Path(ckpt_dir)))]
+    has_bar = any(isinstance(c, TQDMProgressBar) for c in [*(callbacks or []), *extra])
+    bar = [] if has_bar or not kwargs.get("enable_progress_bar", True) else [StepProgressBar(_stage_title(Path(ckpt_dir)))]
     kwargs["callbacks"] = [ckpt, *(callbacks or []), *extra, *bar]
     return pl.Trainer(**kwargs)
 
