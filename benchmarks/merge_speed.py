@@ -18,7 +18,7 @@ matrices), and per task a low-rank-plus-noise update. Four measurements:
 Three sizes; every part's size can also be set on its own (``--blocks``, ``--baseline-blocks``,
 ``--stream-tasks``, ``--peer-blocks``, ...):
 
-    python benchmarks/merge_speed.py           # default: ViT-B/32, T=8, 2 blocks; minutes on 2 cores
+    python benchmarks/merge_speed.py           # default: ViT-B/32, T=8, 1 block; minutes on 2 idle cores
     python benchmarks/merge_speed.py --quick   # smaller still: a smoke run
     python benchmarks/merge_speed.py --full    # ViT-B/32 and ViT-L/14, T=8 and 20, every method, whole towers
 
@@ -51,10 +51,10 @@ QUICK_METHODS = ["task_arithmetic", "tsvm", "iso_c", "pact+tsvm"]
 DEFAULT_METHODS = ["task_arithmetic", "ties", "tsvm", "iso_c", "iso_cts", "pact+tsvm", "pact+iso_c"]
 # every size of every part, per preset; an explicit flag overrides its entry
 PRESETS = {
-    "quick": dict(models=["ViT-B-32"], tasks=[8], methods=QUICK_METHODS, blocks=1, baseline_blocks=1,
-                  stream_tasks=4, peer_tasks=8, peer_blocks=1),
-    "default": dict(models=["ViT-B-32"], tasks=[8], methods=DEFAULT_METHODS, blocks=2, baseline_blocks=2,
-                    stream_tasks=8, peer_tasks=8, peer_blocks=2),
+    "quick": dict(models=["ViT-B-32"], tasks=[4], methods=QUICK_METHODS, blocks=1, baseline_blocks=1,
+                  stream_tasks=4, peer_tasks=4, peer_blocks=1),
+    "default": dict(models=["ViT-B-32"], tasks=[8], methods=DEFAULT_METHODS, blocks=1, baseline_blocks=1,
+                    stream_tasks=8, peer_tasks=8, peer_blocks=1),
     "full": dict(models=["ViT-B-32", "ViT-L-14"], tasks=[8, 20], methods=None, blocks=-1, baseline_blocks=-1,
                  stream_tasks=20, peer_tasks=8, peer_blocks=4),
 }
@@ -370,14 +370,14 @@ def stream_child(spec_json: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smoke run: ViT-B/32, T=8, 4 methods, 1 block, 4 streamed tasks")
+    size.add_argument("--quick", action="store_true", help="smoke run: ViT-B/32, T=4, 4 methods, 1 block, 4 streamed tasks")
     size.add_argument("--full", action="store_true", help="the whole sweep: both models, T=8 and 20, every method, "
                       "whole towers, 20 streamed tasks (hours on 2 CPU cores)")
     p.add_argument("--models", nargs="+", default=None, choices=sorted(_VIT_CONFIGS), help="default: ViT-B-32 (full: B/32, L/14)")
-    p.add_argument("--tasks", nargs="+", type=int, default=None, help="numbers of tasks T (default 8; full: 8 20)")
+    p.add_argument("--tasks", nargs="+", type=int, default=None, help="numbers of tasks T (default 8; quick 4; full: 8 20)")
     p.add_argument("--methods", nargs="+", default=None, help="default: %s (full: every registered method)"
                    % " ".join(DEFAULT_METHODS))
-    p.add_argument("--blocks", type=int, default=None, help="residual blocks in the per-method timings (default 2; "
+    p.add_argument("--blocks", type=int, default=None, help="residual blocks in the per-method timings (default 1; "
                    "quick 1; -1 = all, the full default)")
     p.add_argument("--svd", nargs="+", default=["exact", "randomized"], choices=["exact", "randomized"])
     p.add_argument("--devices", nargs="+", default=None, choices=["cpu", "cuda"], help="default: cpu, and cuda when present")
@@ -389,7 +389,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-speed", action="store_true", help="skip the per-method timings")
     p.add_argument("--no-baseline", action="store_true", help="skip the loop-of-SVDs TSV-M comparison")
-    p.add_argument("--baseline-blocks", type=int, default=None, help="residual blocks in the comparison (default 2; quick 1; full: all)")
+    p.add_argument("--baseline-blocks", type=int, default=None, help="residual blocks in the comparison (default 1; full: all)")
     p.add_argument("--no-stream", action="store_true", help="skip the streaming memory measurement")
     p.add_argument("--stream-model", default="ViT-B-32", choices=sorted(_VIT_CONFIGS))
     p.add_argument("--stream-tasks", type=int, default=None, help="checkpoints streamed (default 8; quick 4; full 20)")
@@ -401,8 +401,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peer-python", default=os.environ.get("PACTMERGE_PEER_PYTHON", sys.executable),
                    help="interpreter that has fusion_bench (default: $PACTMERGE_PEER_PYTHON, else this one)")
     p.add_argument("--peer-model", default="ViT-B-32", choices=sorted(_VIT_CONFIGS))
-    p.add_argument("--peer-tasks", type=int, default=None, help="tasks in the peer comparison (default 8)")
-    p.add_argument("--peer-blocks", type=int, default=None, help="residual blocks in the peer comparison (default 2; quick 1; the issue's figure: 4)")
+    p.add_argument("--peer-tasks", type=int, default=None, help="tasks in the peer comparison (default 8; quick 4)")
+    p.add_argument("--peer-blocks", type=int, default=None, help="residual blocks in the peer comparison (default 1; the issue's figure: 4)")
     p.add_argument("--peer-repeats", type=int, default=1, help="runs of each side, alternating; the fastest counts")
     args = p.parse_args(argv)
     args.preset = "quick" if args.quick else "full" if args.full else "default"

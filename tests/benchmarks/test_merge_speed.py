@@ -38,9 +38,9 @@ def _last_json(stdout: str) -> dict:
 def test_default_is_a_bounded_size_and_full_is_the_whole_sweep():
     default = merge_speed.parse_args([])
     assert default.preset == "default"
-    assert (default.models, default.tasks, default.blocks) == (["ViT-B-32"], [8], 2)
+    assert (default.models, default.tasks, default.blocks) == (["ViT-B-32"], [8], 1)
     assert default.methods == merge_speed.DEFAULT_METHODS
-    assert (default.baseline_blocks, default.stream_tasks, default.peer_blocks) == (2, 8, 2)
+    assert (default.baseline_blocks, default.stream_tasks, default.peer_blocks) == (1, 8, 1)
 
     full = merge_speed.parse_args(["--full"])
     assert (full.models, full.tasks, full.blocks, full.baseline_blocks, full.stream_tasks) == (
@@ -48,7 +48,7 @@ def test_default_is_a_bounded_size_and_full_is_the_whole_sweep():
     assert full.methods is None  # every registered method, filled in by main()
 
     quick = merge_speed.parse_args(["--quick"])
-    assert quick.blocks == 1 and quick.stream_tasks == 4
+    assert quick.blocks == 1 and quick.tasks == [4] and quick.stream_tasks == 4
 
 
 def test_an_explicit_size_overrides_the_preset():
