@@ -3,7 +3,8 @@
 Each matrix's Gaussian test matrix is drawn on the CPU from a generator seeded by (seed, key,
 task identity, purpose); the task identity is a content fingerprint of the fine-tuned model
 (or a caller's ``task_ids``), never its position. Measured on this file's models (CPU):
-batch 1 / 3 / all: bitwise equal; reversed order: within 1e-9 relative (see the report figures).
+batch 1 / 3 / all: bitwise equal; reversed task order: at most ~5e-8 relative (float32
+rounding where task blocks are concatenated in another order), against 0.5-0.7 before.
 """
 
 import pytest
