@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a module may import its own layer and the layers below):
 
-    0 shared helpers   errors, fileio, coerce, figures, provenance (and the package itself)
+    0 shared helpers   errors, fileio, coerce, figures, provenance, console (and the package itself)
     1 merging, interop pure torch: merge methods; checkpoint format conversion
     2 checkpoints      the run directory's store
     3 datamodules      tasks and data
@@ -30,7 +30,7 @@ import pactmerge
 SRC = Path(pactmerge.__file__).resolve().parent
 
 LAYERS = {
-    "": 0, "errors": 0, "fileio": 0, "coerce": 0, "figures": 0, "provenance": 0,
+    "": 0, "errors": 0, "fileio": 0, "coerce": 0, "figures": 0, "provenance": 0, "console": 0,
     "merging": 1, "interop": 1,
     "checkpoints": 2,
     "datamodules": 3,

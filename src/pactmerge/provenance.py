@@ -147,3 +147,14 @@ def footer(prov: Mapping[str, Any]) -> str:
         digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
         parts.append(f"data {digest[:12]} ({len(data)} tasks)")
     return " · ".join(parts)
+
+
+def study_record(ctx: Any) -> dict[str, Any]:
+    """The provenance of a study (a resolved ``pipeline.context.RunContext``): ``environment()``, the
+    seeds, the sha256 of the pre-trained encoder state and of every task's data splits."""
+    cfg = ctx.cfg
+    seeds = {"study": cfg.seed, "recipe": cfg.recipe.seed, "data": cfg.data.seed,
+             "merge_svd": (cfg.merge.params or {}).get("seed", 0)}
+    data = {t: {role: fp["sha256"] for role, fp in ctx.datamodule(t).fingerprint().items()} for t in ctx.task_keys}
+    return {"environment": environment(), "seed": cfg.seed, "seeds": seeds,
+            "pretrained_sha256": ctx.loaded.weights_sha256, "data_sha256": data}

@@ -237,12 +237,16 @@ def claim(ctx: RunContext, *, force: bool = False, config_text: str | None = Non
     another config that holds no finished stage is moved aside without asking, so a failed
     attempt never blocks a corrected config.
     """
+    from pactmerge.provenance import changed_fields, study_record
+
     run_dir, identity = ctx.run_dir, ctx.cfg.identity()
+    prov = study_record(ctx)
     info = read_run_info(run_dir)
     if info is not None:
         diff = _diff_keys(comparable_identity(recorded_identity(info, run_dir / RUN_INFO)),
                           comparable_identity(identity))
         if not diff:
+            _update_provenance(run_dir, info, prov, changed_fields(info.get("provenance"), prov))
             return
         finished = _has_finished_stage(run_dir)
         if finished and not force:
@@ -260,7 +264,23 @@ def claim(ctx: RunContext, *, force: bool = False, config_text: str | None = Non
     run_dir.mkdir(parents=True, exist_ok=True)
     if config_text is not None:
         write_text_atomic(run_dir / "config.yaml", config_text)
-    write_json_atomic(run_dir / RUN_INFO, {"identity": identity, "tasks": ctx.task_keys, "config": ctx.cfg.to_dict()})
+    write_json_atomic(run_dir / RUN_INFO, {"identity": identity, "tasks": ctx.task_keys, "config": ctx.cfg.to_dict(),
+                                           "provenance": prov})
+
+
+def _update_provenance(run_dir: Path, info: dict[str, Any], prov: dict[str, Any], changed: list[str]) -> None:
+    """A rerun of the same config: finished stages are reused whatever the environment; a changed
+    provenance (other versions, devices, thread counts, data) is logged, kept in ``run.json``'s
+    ``provenance_history`` and replaced by the current one."""
+    if "provenance" in info and not changed:
+        return
+    if "provenance" in info:
+        log.warning("%s: this rerun's environment differs from the recorded one at %s; finished stages are "
+                    "reused, new ones are computed under the new environment", run_dir, ", ".join(changed[:12]))
+        history = list(info.get("provenance_history") or [])
+        history.append({"provenance": info["provenance"], "changed": changed})
+        info = {**info, "provenance_history": history}
+    write_json_atomic(run_dir / RUN_INFO, {**info, "provenance": prov})
 
 
 def _keep_own_lock(old_dir: Path, new_dir: Path) -> None:
