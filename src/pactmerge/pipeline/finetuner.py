@@ -148,6 +148,17 @@ class CLIPFineTuner(pl.LightningModule):
             self.encoder.compile()  # in place: state-dict keys keep their names
             self._compiled = True
 
+    def teardown(self, stage: str) -> None:
+        """After a fit, free what only training needs: the gradients and the optimizer state
+        (about 3x the encoder's size; Lightning has written its checkpoints by then). A data
+        module keeps a reference to its last trainer, and so to this module, after ``fit``
+        returns; without this a study holding a data module per task would keep every fit's
+        optimizer alive (gigabytes for a ViT-B/32)."""
+        if stage == "fit" and self._trainer is not None:
+            for opt in self.trainer.optimizers:
+                opt.state.clear()
+            self.encoder.zero_grad(set_to_none=True)
+
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.encoder.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.recipe.lr, weight_decay=self.recipe.weight_decay,
