@@ -11,6 +11,7 @@ run, and that a user cannot act on, are filtered one known message at a time
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -30,6 +31,10 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     (r"Checkpoint directory .* exists and is not empty", Warning, r"pytorch_lightning"),
     (r"This DataLoader will create \d+ worker processes", Warning, r"torch"),
     (r"Precision bf16-mixed is not supported by the model summary", Warning, r"pytorch_lightning"),
+)
+# third-party log lines that pactmerge reports itself, in its own words (kept in log.txt)
+KNOWN_LOG_LINES: tuple[str, ...] = (
+    r"^No pretrained weights loaded for model ",  # open_clip; pactmerge logs the random init itself
 )
 # Lightning's INFO lines that repeat on every fit (device summary, tips, loader settings)
 _LIGHTNING_CHATTER = ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch")
@@ -67,6 +72,8 @@ class _ConsoleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         mine = record.name == "pactmerge" or record.name.startswith("pactmerge.")
+        if not mine and any(re.match(p, record.getMessage()) for p in KNOWN_LOG_LINES):
+            return False
         return record.levelno >= (self.own if mine else self.other)
 
 

@@ -151,10 +151,11 @@ def footer(prov: Mapping[str, Any]) -> str:
 
 def study_record(ctx: Any) -> dict[str, Any]:
     """The provenance of a study (a resolved ``pipeline.context.RunContext``): ``environment()``, the
-    seeds, the sha256 of the pre-trained encoder state and of every task's data splits."""
+    seeds, the sha256 of the pre-trained encoder state and of the data splits the context has opened."""
     cfg = ctx.cfg
     seeds = {"study": cfg.seed, "recipe": cfg.recipe.seed, "data": cfg.data.seed,
              "merge_svd": (cfg.merge.params or {}).get("seed", 0)}
-    data = {t: {role: fp["sha256"] for role, fp in ctx.datamodule(t).fingerprint().items()} for t in ctx.task_keys}
+    data = {t: {role: fp["sha256"] for role, fp in dm.fingerprint().items()}
+            for t, dm in sorted(ctx.opened_datamodules().items())}
     return {"environment": environment(), "seed": cfg.seed, "seeds": seeds,
             "pretrained_sha256": ctx.loaded.weights_sha256, "data_sha256": data}

@@ -138,6 +138,10 @@ class RunContext:
             self._datamodules[key] = dm
         return self._datamodules[key]
 
+    def opened_datamodules(self) -> dict[str, Any]:
+        """Task key -> data module, for the tasks whose data this context has opened so far."""
+        return dict(self._datamodules)
+
     def datamodules(self, tasks: Iterable[str] | None = None) -> dict[str, Any]:
         """Task key -> data module, for ``tasks`` (default: every task of the run)."""
         from pactmerge.datamodules import get_task
@@ -246,7 +250,10 @@ def claim(ctx: RunContext, *, force: bool = False, config_text: str | None = Non
         diff = _diff_keys(comparable_identity(recorded_identity(info, run_dir / RUN_INFO)),
                           comparable_identity(identity))
         if not diff:
-            _update_provenance(run_dir, info, prov, changed_fields(info.get("provenance"), prov))
+            old = info.get("provenance")
+            if isinstance(old, dict):  # a job that opened some tasks' data keeps the others' hashes
+                prov["data_sha256"] = {**(old.get("data_sha256") or {}), **prov["data_sha256"]}
+            _update_provenance(run_dir, info, prov, changed_fields(old, prov))
             return
         finished = _has_finished_stage(run_dir)
         if finished and not force:
