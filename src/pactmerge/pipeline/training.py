@@ -211,6 +211,10 @@ def fit_stage(init_state: Mapping[str, torch.Tensor], loaded: Any, heads: Mappin
         write_json_atomic(ckpt_dir / FINAL_SUMMARY, {"steps": trainer.global_step, "tasks": list(heads),
                                                      "recipe": recipe.to_dict(), "metrics": metrics})
     trainer.strategy.barrier()
+    # the data modules outlive the fit (later stages reuse them): drop their reference to this
+    # Trainer, which holds the fitted module, so each fit's model is freed when the stage ends
+    for dm in {id(m): m for m in (data, data.inner)}.values():
+        dm.trainer = None
     return state
 
 
