@@ -86,7 +86,7 @@ def test_iso_cts_without_task_room_warns_and_records(caplog):
     g = torch.Generator().manual_seed(0)
     pre = {"small": torch.randn(5, 8, generator=g), "big": torch.randn(40, 40, generator=g)}
     fts = [{k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in pre.items()} for _ in range(4)]
-    with caplog.at_level(logging.WARNING, logger="pactmerge.merging.methods.iso_cts"):
+    with caplog.at_level(logging.WARNING, logger="pactmerge.merging"):
         res = merge(pre, fts, "iso_cts")  # small: s = round(5 * 0.2 / 4) = 0
     assert res.diagnostics["iso_cts_no_task_subspace"] == ["small"]
     assert "'small'" in caplog.text and "merged as Iso-C" in caplog.text
@@ -96,7 +96,7 @@ def test_tsvm_with_more_tasks_than_min_dim_warns_and_records(caplog):
     g = torch.Generator().manual_seed(0)
     pre = {"thin": torch.randn(3, 20, generator=g), "wide": torch.randn(20, 20, generator=g)}
     fts = [{k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in pre.items()} for _ in range(4)]
-    with caplog.at_level(logging.WARNING, logger="pactmerge.merging.methods.tsvm"):
+    with caplog.at_level(logging.WARNING, logger="pactmerge.merging"):
         res = merge(pre, fts, "tsvm")
     assert res.diagnostics["tsvm_zero_rank_keys"] == ["thin"] and not res.tau["thin"].any()
     assert "'thin'" in caplog.text and "r_t = 0" in caplog.text

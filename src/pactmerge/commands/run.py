@@ -39,11 +39,12 @@ def run(args):
         return 0
     from pactmerge.console import attach_run_log
 
-    ctx = RunContext(cfg).resolve()  # a bad model or data source fails before the directory is touched
+    ctx = RunContext(cfg)
+    log_header(ctx)
+    ctx.resolve()  # a bad model or data source fails before the directory is touched
     with RunLock(ctx.run_dir):
         claim(ctx, force=args.force, config_text=text)
         attach_run_log(ctx.run_dir)
-        log_header(ctx)
         table = run_study(ctx)
     print(table)
     print(f"report: {ctx.run_dir}/results.md, results.csv, results.json, plots/")

@@ -99,7 +99,7 @@ def build_cache(cache_dir: str | Path, meta: dict, source: DecodedDataset, num_w
     n, s = meta["count"], meta["image_size"]
     assert len(source) == n, (len(source), n)
     t0 = time.perf_counter()
-    log.info("building %s cache of %s (%d images at %dx%d) in %s", meta["split"], meta["task"], n, s, s, images.parent)
+    log.debug("building %s cache of %s (%d images at %dx%d) in %s", meta["split"], meta["task"], n, s, s, images.parent)
     all_labels = np.empty(n, dtype=np.int64)
     with atomic_path(images) as tmp:
         out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, s, s, 3)) if n else None

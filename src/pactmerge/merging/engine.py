@@ -36,6 +36,13 @@ _CACHE_BYTES = 4 << 30  # in-memory merges keep preprocessed task vectors for a 
 _PRIVATE_PACT_BYTES = 1 << 30  # a streaming multi-pass pact+ merge keeps PACT's output up to this
 
 
+# per-key notices that methods record in their diagnostics, and what they mean (one warning per merge)
+_KEY_NOTICES = {
+    "tsvm_zero_rank_keys": "have min(m, n) < T, so r_t = 0 and they keep their pre-trained value",
+    "iso_cts_no_task_subspace": "have no room for task-specific directions (s = 0) and are merged as Iso-C",
+}
+
+
 @dataclass
 class MergeResult:
     """A merged task vector and how it was made.
@@ -342,11 +349,16 @@ class _Engine:
         if self.task_ids is not None:
             diagnostics["task_ids"] = list(self.task_ids)
         diagnostics.update(state.get("diagnostics", {}))
+        for name, what in _KEY_NOTICES.items():
+            if diagnostics.get(name):
+                keys = diagnostics[name]
+                log.warning("%s: %d keys %s (e.g. %r); listed in the diagnostics under %r", self.spec.name,
+                            len(keys), what, keys[0], name)
         if self.spec.pact:
             diagnostics["pact"] = pact_mod.summarize({k: self._pact_diag[k] for k in order if k in self._pact_diag})
             diagnostics["pact_cache"] = dict(self._pact_counts)
         self.timings["total"] = time.perf_counter() - start
-        log.info("merged %d keys of %d models with %s in %.2fs", len(tau), len(self.fts), self.spec.name, self.timings["total"])
+        log.debug("merged %d keys of %d models with %s in %.2fs", len(tau), len(self.fts), self.spec.name, self.timings["total"])
         return MergeResult(
             method=self.spec.name,
             params=self.resolved,

@@ -95,6 +95,11 @@ class StepProgressBar(TQDMProgressBar):
         metrics.pop("v_num", None)
         return metrics
 
+    def init_validation_tqdm(self):
+        from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+
+        return Tqdm(disable=True)  # validation passes are short: no bar of their own
+
     def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
         pass
 
@@ -297,7 +302,7 @@ def fit_sequential(loaded: Any, heads: Mapping[str, torch.Tensor], schedule: Any
     rerun skips finished stages and resumes the interrupted one."""
     state = loaded.encoder_state()
     for i, (task, dm) in enumerate(sequential_stages(schedule)):
-        log.info("sequential stage %d: %s", i, task)
+        log.debug("sequential stage %d: %s", i, task)
         state = fit_stage(state, loaded, _select(heads, [task]), dm, recipe,
                           ckpt_dir=Path(ckpt_dir) / f"{i:02d}_{task}", trainer_kwargs=trainer_kwargs,
                           callbacks=callbacks)

@@ -56,8 +56,8 @@ def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
     if s < 1 and params.f < 1.0:
         # no room for task-specific directions in this key: it is merged as Iso-C (as the reference does)
         diag = ctx.state.setdefault("diagnostics", {}).setdefault("iso_cts_no_task_subspace", [])
-        for key in ctx.keys:
-            log.warning(
+        for key in ctx.keys:  # one warning per merge sums these up (engine)
+            log.debug(
                 "Iso-CTS: key %r (shape %dx%d) has no room for task-specific directions with f=%s and T=%d "
                 "(s = round(%d*(1-f)/T) = 0); it is merged as Iso-C", key, m, n, params.f, T, min(m, n),
             )
