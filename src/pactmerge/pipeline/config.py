@@ -89,6 +89,9 @@ class ClusterConfig:
     cpus_per_task: int = 8
     mem: str | None = None
     setup: list[str] = field(default_factory=list)  # shell lines run before pactmerge (module load, venv activation)
+    # Lightning loggers of every fit, under RUN_DIR/lightning/<stage>/logs: "csv" (metrics.csv) and
+    # "tensorboard" (when the tensorboard package is installed)
+    loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
 
 
 @dataclass

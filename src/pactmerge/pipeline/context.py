@@ -112,7 +112,8 @@ class RunContext:
 
     def trainer_kwargs(self) -> dict[str, Any]:
         c = self.cfg.cluster
-        return {"accelerator": c.accelerator, "devices": c.devices, "num_nodes": c.num_nodes, "strategy": c.strategy}
+        return {"accelerator": c.accelerator, "devices": c.devices, "num_nodes": c.num_nodes, "strategy": c.strategy,
+                "loggers": list(c.loggers)}
 
     def data_config(self):
         """The data options with the model's input size and normalisation and the recipe's batch size."""
