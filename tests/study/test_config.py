@@ -19,12 +19,12 @@ def test_embedded_default_loads_and_names_offline_suite():
     "text, fragment",
     [
         ("recipe:\n  lrr: 0.1\n", "unknown key 'recipe.lrr'"),
-        ("recipe:\n  lr: fast\n", "key 'recipe.lr' expects a number"),
-        ("merge:\n  methods: tsvm\n", "key 'merge.methods' expects"),
-        ("merge:\n  pact: [none, sometimes]\n", "key 'merge.pact[1]' must be one of"),
-        ("data:\n  max_train: 1.5\n", "key 'data.max_train' expects"),
+        ("recipe:\n  lr: fast\n", "recipe.lr: expects a number"),
+        ("merge:\n  methods: tsvm\n", "merge.methods: expects"),
+        ("merge:\n  pact: [none, sometimes]\n", "merge.pact[1]: must be one of"),
+        ("data:\n  max_train: 1.5\n", "data.max_train: expects"),
         ("nonsense: 1\n", "unknown key 'nonsense'"),
-        ("comparisons:\n  joint: 3\n", "key 'comparisons.joint' expects true or false"),
+        ("comparisons:\n  joint: 3\n", "comparisons.joint: expects true or false"),
     ],
 )
 def test_bad_keys_and_types_are_named(tmp_path, text, fragment):

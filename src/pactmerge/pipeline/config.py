@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
+
+from pactmerge.coerce import coerce
 
 from pactmerge.datamodules import DataConfig
 from pactmerge.errors import ConfigError
@@ -330,62 +331,16 @@ def from_dict(cls: type, data: Mapping[str, Any], *, where: str = "config", pref
         raise ConfigError(f"{where}: section {prefix.rstrip('.') or 'top level'}: {exc}") from exc
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
 def _coerce(tp: Any, value: Any, *, where: str, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where=where, key=key)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{where}: key {key!r} expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: key {key!r} must be one of {list(args)}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value or {}, where=where, prefix=f"{key}.")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: key {key!r} expects a list, got {type(value).__name__} {value!r}")
-        item_tp = args[0] if args else Any
-        items = [_coerce(item_tp, v, where=where, key=f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: key {key!r} expects a mapping, got {type(value).__name__} {value!r}")
-        val_tp = args[1] if len(args) == 2 else Any
-        return {str(k): _coerce(val_tp, v, where=where, key=f"{key}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: key {key!r} expects a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: key {key!r} expects an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: key {key!r} expects true or false, got {type(value).__name__} {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: key {key!r} expects a string, got {type(value).__name__} {value!r}")
-        return value
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: key {key!r} expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    """``value`` as type ``tp`` through the shared coercer (``pactmerge.coerce``); nested sections
+    are read by ``from_dict``. Errors are ``ConfigError`` naming the file and the dotted key."""
+    def section(cls: type, data: Any, _where: str) -> Any:
+        return from_dict(cls, data or {}, where=where, prefix=f"{key}.")
+
+    try:
+        return coerce(value, tp, f"{where}: {key}", dataclass_hook=section)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return value
