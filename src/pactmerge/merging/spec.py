@@ -45,7 +45,9 @@ class MethodSpec:
     one vector key. Optional ``prepare(stream, params, state)`` runs before (for quantities
     over the whole task vector) and ``finalize(tau, params, state)`` after the per-key pass.
     ``symmetric``: the result does not depend on the order of the tasks. ``alpha_grid``: the
-    scaling coefficients tried on validation data by default.
+    scaling coefficients tried on validation data by default. ``alpha_bounds``: the hard limits
+    (lo, hi) of the α search: when the best α lies on an end of the searched range, the range
+    is widened on that side, never beyond these bounds (``pact+X`` uses X's bounds).
     """
 
     name: str
@@ -60,6 +62,7 @@ class MethodSpec:
     pact: bool = False
     base: str = ""
     alpha_grid: tuple[float, ...] = ()  # α values searched on validation data (``pact+X``: X's grid)
+    alpha_bounds: tuple[float, float] = (0.0, 4.0)  # hard limits when the α range is widened
 
 
 def linear_grid(start: float, stop: float, step: float) -> tuple[float, ...]:

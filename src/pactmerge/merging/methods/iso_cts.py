@@ -86,4 +86,5 @@ SPEC = MethodSpec(
     default_alpha=1.3,
     paper="Marczak et al. 2025, No Task Left Behind (Iso-CTS), arXiv 2502.04959",
     alpha_grid=linear_grid(0.0, 2.0, 0.1),
+    alpha_bounds=(0.0, 4.0),
 )

@@ -30,4 +30,5 @@ SPEC = MethodSpec(
     default_alpha=0.3,
     paper="Ilharco et al. 2023, Editing models with task arithmetic, arXiv 2212.04089",
     alpha_grid=linear_grid(0.05, 1.0, 0.05),
+    alpha_bounds=(0.0, 3.0),
 )

@@ -107,6 +107,7 @@ SPEC = MethodSpec(
     default_alpha=0.3,
     paper="Yadav et al. 2023, TIES-Merging, arXiv 2306.01708",
     alpha_grid=linear_grid(0.05, 1.0, 0.05),
+    alpha_bounds=(0.0, 3.0),
     prepare=prepare,
     finalize=finalize,
 )

@@ -64,4 +64,5 @@ SPEC = MethodSpec(
     default_alpha=1.0,
     paper="Gargiulo et al. 2025, Task Singular Vectors, CVPR 2025, arXiv 2412.00081",
     alpha_grid=linear_grid(0.0, 2.0, 0.1),
+    alpha_bounds=(0.0, 4.0),
 )

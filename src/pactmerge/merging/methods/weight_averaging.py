@@ -25,4 +25,5 @@ SPEC = MethodSpec(
     default_alpha=1.0,
     paper="Wortsman et al. 2022, Model soups, arXiv 2203.05482",
     alpha_grid=(1.0,),
+    alpha_bounds=(1.0, 1.0),
 )
