@@ -3,7 +3,7 @@
 One entry point, ``run_merge_stage(ctx)``, used by ``pactmerge run``, ``pactmerge merge CONFIG``
 and the ``MergeCallback``. In order:
 
-1. **Plan** (``plan_merges``): ``merge.methods`` (or ``all``: every base method of the registry)
+1. **Plan** (``pipeline.merge_plan.plan_merges``): ``merge.methods`` (or ``all``: every base method of the registry)
    × ``merge.pact`` variants (``none``, ``exact``, ``randomized``) -> ``PlannedMerge`` entries.
    Parameters are routed by namespace: ``merge.params`` reach every merge (method parameters and
    the merge-wide SVD options ``svd``, ``oversample``, ``power_iters``, ``seed``);
@@ -33,7 +33,6 @@ A merge already in the store (with test metrics) is never recomputed.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import time
@@ -42,6 +41,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pactmerge.errors import ConfigError, StageError
 from pactmerge.fileio import sha256_file, write_json_atomic
+from pactmerge.pipeline.merge_plan import (  # noqa: F401  (re-exported: the stage's plan)
+    PlannedMerge, _pact_field_names, expand_methods, plan_merges, resolved_params)
 
 log = logging.getLogger(__name__)
 
@@ -49,67 +50,7 @@ ALPHA_SUBSET = 128  # validation examples per task of the α search's first pass
 ALPHA_CONFIRM = 3  # best α of the first pass re-scored on the full validation splits
 
 
-# -- 1. plan ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PlannedMerge:
-    """One merged model to build.
-
-    ``method``: a registry name (``pact+`` prefix included); ``params``: the method's parameters
-    plus the SVD options; ``pact``: PACT's own parameters (None for a method without PACT).
-    """
-
-    method: str
-    params: dict[str, Any] = field(default_factory=dict)
-    pact: dict[str, Any] | None = None
-    svd: str = "exact"
-
-    @property
-    def id(self) -> str:
-        return self.method + ("-rsvd" if self.svd == "randomized" else "")
-
-
-def expand_methods(methods: str | Sequence[str]) -> list[str]:
-    """``"all"`` (or a list holding it) -> every base method of the registry, in registry order; else the list."""
-    from pactmerge.merging import available_methods
-
-    names = [methods] if isinstance(methods, str) else list(methods)
-    out: list[str] = []
-    for name in names:
-        expanded = [m for m in available_methods() if "+" not in m] if name == "all" else [name]
-        out += [m for m in expanded if m not in out]
-    return out
-
-
-def _pact_field_names() -> set[str]:
-    from pactmerge.merging import PACTConfig
-
-    return {f.name for f in dataclasses.fields(PACTConfig)}
-
-
-def plan_merges(merge_cfg: Any) -> list[PlannedMerge]:
-    """The merges of a ``MergeConfig`` (see the module docstring for the routing of parameters).
-
-    Methods without PACT come first, then the PACT forms grouped by SVD variant, so that the
-    merges sharing PACT's cleaned task vectors run one after another.
-    """
-    method_params = dict(merge_cfg.method_params or {})
-    pact_fields = _pact_field_names()
-    plain, with_pact = [], []
-    for m in expand_methods(merge_cfg.methods):
-        base = {**dict(merge_cfg.params or {}), **dict(method_params.get(m, {}))}
-        for variant in merge_cfg.pact:
-            if variant == "none":
-                plain.append(PlannedMerge(m, base, None, svd=str(base.get("svd", "exact"))))
-                continue
-            own = dict(method_params.get(f"pact+{m}", {}))
-            pact = {**dict(merge_cfg.pact_params or {}), **dict(own.pop("pact", {}) or {})}
-            pact.update({k: own.pop(k) for k in list(own) if k in pact_fields})
-            params = {**base, **own, "svd": variant}
-            with_pact.append(PlannedMerge(f"pact+{m}", params, pact, svd=variant))
-    order = {v: i for i, v in enumerate(merge_cfg.pact)}
-    return plain + sorted(with_pact, key=lambda p: order[p.svd])
-
-
+# -- 1. plan: pipeline.merge_plan ---------------------------------------------------------------
 def _core_accepts(name: str) -> bool:
     from pactmerge.merging import merge_files
 
@@ -134,16 +75,6 @@ def new_pact_cache() -> Any:
 
     cls = getattr(merging, "PACTCache", None)
     return cls() if cls is not None else None
-
-
-def resolved_params(planned: PlannedMerge) -> dict[str, Any]:
-    """The method and PACT parameters of ``planned`` as the core resolves them (defaults filled in),
-    without merging: ``{"params": {...}, "pact_params": {...} | None}``. Errors are the core's ``MergeError``."""
-    from pactmerge.merging import get_method
-    from pactmerge.merging.registry import resolve_params
-
-    _, _, params, pact = resolve_params(get_method(planned.method), planned.params, planned.pact)
-    return {"params": params, "pact_params": pact}
 
 
 # -- 2. inputs ---------------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""The merges of a study, planned from its config: ``PlannedMerge`` entries and their parameters.
+
+``merge.methods`` (or ``all``: every base method of the registry) × ``merge.pact`` variants
+(``none``, ``exact``, ``randomized``) -> ``PlannedMerge`` entries. Parameters are routed by
+namespace: ``merge.params`` reach every merge (method parameters and the merge-wide SVD options
+``svd``, ``oversample``, ``power_iters``, ``seed``); ``merge.pact_params`` reach PACT only (the
+``pact=`` keyword of ``merge_files``); ``merge.method_params.<m>`` reach ``m`` and ``pact+m``
+alike; ``merge.method_params["pact+m"]`` reach ``pact+m`` only (its PACT keys to PACT, the rest
+to the method).
+
+Importing this module does not import torch: the registry is consulted only when a function
+needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+
+@dataclass(frozen=True)
+class PlannedMerge:
+    """One merged model to build.
+
+    ``method``: a registry name (``pact+`` prefix included); ``params``: the method's parameters
+    plus the SVD options; ``pact``: PACT's own parameters (None for a method without PACT).
+    """
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    pact: dict[str, Any] | None = None
+    svd: str = "exact"
+
+    @property
+    def id(self) -> str:
+        return self.method + ("-rsvd" if self.svd == "randomized" else "")
+
+
+def expand_methods(methods: str | Sequence[str]) -> list[str]:
+    """``"all"`` (or a list holding it) -> every base method of the registry, in registry order; else the list."""
+    from pactmerge.merging import available_methods
+
+    names = [methods] if isinstance(methods, str) else list(methods)
+    out: list[str] = []
+    for name in names:
+        expanded = [m for m in available_methods() if "+" not in m] if name == "all" else [name]
+        out += [m for m in expanded if m not in out]
+    return out
+
+
+def _pact_field_names() -> set[str]:
+    from pactmerge.merging import PACTConfig
+
+    return {f.name for f in dataclasses.fields(PACTConfig)}
+
+
+def plan_merges(merge_cfg: Any) -> list[PlannedMerge]:
+    """The merges of a ``MergeConfig`` (see the module docstring for the routing of parameters).
+
+    Methods without PACT come first, then the PACT forms grouped by SVD variant, so that the
+    merges sharing PACT's cleaned task vectors run one after another.
+    """
+    method_params = dict(merge_cfg.method_params or {})
+    pact_fields = _pact_field_names()
+    plain, with_pact = [], []
+    for m in expand_methods(merge_cfg.methods):
+        base = {**dict(merge_cfg.params or {}), **dict(method_params.get(m, {}))}
+        for variant in merge_cfg.pact:
+            if variant == "none":
+                plain.append(PlannedMerge(m, base, None, svd=str(base.get("svd", "exact"))))
+                continue
+            own = dict(method_params.get(f"pact+{m}", {}))
+            pact = {**dict(merge_cfg.pact_params or {}), **dict(own.pop("pact", {}) or {})}
+            pact.update({k: own.pop(k) for k in list(own) if k in pact_fields})
+            params = {**base, **own, "svd": variant}
+            with_pact.append(PlannedMerge(f"pact+{m}", params, pact, svd=variant))
+    order = {v: i for i, v in enumerate(merge_cfg.pact)}
+    return plain + sorted(with_pact, key=lambda p: order[p.svd])
+
+
+def resolved_params(planned: PlannedMerge) -> dict[str, Any]:
+    """The method and PACT parameters of ``planned`` as the core resolves them (defaults filled in),
+    without merging: ``{"params": {...}, "pact_params": {...} | None}``. Errors are the core's ``MergeError``."""
+    from pactmerge.merging import get_method
+    from pactmerge.merging.registry import resolve_params
+
+    _, _, params, pact = resolve_params(get_method(planned.method), planned.params, planned.pact)
+    return {"params": params, "pact_params": pact}
