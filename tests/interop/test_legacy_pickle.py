@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pactmerge.errors import CheckpointError
-from pactmerge.interop.legacy_pickle import UnsafePickleError, load_encoder, read_legacy_pickle
+from pactmerge.interop.legacy import UnsafePickleError, load_encoder, read_legacy_pickle
 
 CFG = {"embed_dim": 16, "quick_gelu": True,
        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8, "mlp_ratio": 2.0},

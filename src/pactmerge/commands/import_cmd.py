@@ -72,7 +72,7 @@ def run(args) -> int:
     from pactmerge.fileio import sha256_file
     from pactmerge.interop.files import weights_file
     from pactmerge.interop.importer import conform, resolve_source
-    from pactmerge.interop.legacy_pickle import load_encoder
+    from pactmerge.interop.legacy import load_encoder
     from pactmerge.pipeline.model import load_model
     from pactmerge.pipeline import stages
     from pactmerge.pipeline.context import RunContext, claim
