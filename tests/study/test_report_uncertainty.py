@@ -7,8 +7,10 @@ import pytest
 
 from pactmerge.errors import StageError
 from pactmerge.pipeline.uncertainty import (
+    Interval,
     average_accuracy,
     bootstrap_averages,
+    bootstrap_task_accuracies,
     correctness,
     intervals,
     percentile_interval,
@@ -24,7 +26,8 @@ def test_identical_predictions_give_gain_zero_with_interval_zero():
     rng = np.random.default_rng(1)
     per_task = {"a": rng.random(120) < 0.7, "b": rng.random(80) < 0.4}
     models = {"ties": per_task, "pact+ties": {t: c.copy() for t, c in per_task.items()}}
-    avg, gains = intervals(models, {"pact+ties": "ties"}, resamples=300)
+    res = intervals(models, {"pact+ties": "ties"}, resamples=300)
+    avg, gains = res.average, res.gains
     g = gains["pact+ties"]
     assert (g.mean, g.lo, g.hi) == (0.0, 0.0, 0.0)
     assert avg["ties"] == avg["pact+ties"]
@@ -36,7 +39,8 @@ def test_paired_gain_excludes_zero_when_one_model_is_never_worse():
     # Every replicate's gain is (discordant examples drawn) / 200 >= 0, and the chance of drawing
     # none of the 20 is (180/200)^200 ~ 7e-10, so the interval sits strictly above 0.
     plain, better = _correct(200, 100), _correct(200, 120)
-    avg, gains = intervals({"x": {"t": plain}, "pact+x": {"t": better}}, {"pact+x": "x"}, resamples=500, seed=3)
+    res = intervals({"x": {"t": plain}, "pact+x": {"t": better}}, {"pact+x": "x"}, resamples=500, seed=3)
+    avg, gains = res.average, res.gains
     g = gains["pact+x"]
     assert g.mean == pytest.approx(0.1)
     assert 0 < g.lo < g.mean < g.hi
@@ -108,3 +112,15 @@ def test_large_splits_are_drawn_in_chunks_with_the_same_result(monkeypatch):
     whole = bootstrap_averages(models, resamples=64, seed=2)["m"]
     monkeypatch.setattr(unc, "_CHUNK_ELEMENTS", 500 * 5)  # 5 replicates per chunk
     np.testing.assert_array_equal(bootstrap_averages(models, resamples=64, seed=2)["m"], whole)
+
+
+def test_per_task_intervals_are_the_single_task_bootstrap_and_average_to_the_average():
+    models = {"m": {"a": _correct(90, 60), "b": _correct(40, 10)}, "n": {"a": _correct(90, 30), "b": _correct(40, 40)}}
+    res = intervals(models, resamples=200, seed=5)
+    alone = intervals({"m": {"a": models["m"]["a"]}}, resamples=200, seed=5)
+    assert res.per_task["m"]["a"] == alone.average["m"]
+    assert res.per_task["n"]["b"] == Interval(1.0, 1.0, 1.0)
+    assert res.average["m"].mean == pytest.approx((60 / 90 + 10 / 40) / 2)
+    per_task = bootstrap_task_accuracies(models, resamples=200, seed=5)
+    np.testing.assert_allclose(bootstrap_averages(models, resamples=200, seed=5)["m"],
+                               (per_task["m"]["a"] + per_task["m"]["b"]) / 2)

@@ -79,12 +79,13 @@ def _task_sizes(models: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, int
     return sizes
 
 
-def bootstrap_averages(models: Mapping[str, Mapping[str, np.ndarray]], *, resamples: int = RESAMPLES,
-                       seed: int = SEED) -> dict[str, np.ndarray]:
-    """``{model: {task: correct}}`` -> ``{model: (resamples,) average accuracy per replicate}``.
+def bootstrap_task_accuracies(models: Mapping[str, Mapping[str, np.ndarray]], *, resamples: int = RESAMPLES,
+                              seed: int = SEED) -> dict[str, dict[str, np.ndarray]]:
+    """``{model: {task: correct}}`` -> ``{model: {task: (resamples,) accuracy per replicate}}``.
 
-    Every model must hold the same tasks (its average is over them) and, per task, the same
-    number of examples; all models share each replicate's drawn indices (paired).
+    Every model must hold the same tasks and, per task, the same number of examples; all models
+    share each replicate's drawn indices (paired). ``correct`` may be fractional (a mean of 0/1
+    vectors, e.g. over seed replicates): a replicate's accuracy is its weighted mean.
     """
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
@@ -97,18 +98,29 @@ def bootstrap_averages(models: Mapping[str, Mapping[str, np.ndarray]], *, resamp
             raise StageError(f"model {name!r} has predictions for {sorted(models[name])}, another for {tasks}; "
                              "bootstrap models over the same tasks")
     sizes = _task_sizes(models)
-    totals = np.zeros((len(names), resamples))
+    out: dict[str, dict[str, np.ndarray]] = {name: {} for name in names}
     for task in tasks:
         n = sizes[task]
         correct = np.stack([np.asarray(models[m][task], dtype=np.float64).ravel() for m in names])  # (M, n)
+        acc = np.empty((len(names), resamples))
         rng = np.random.default_rng(task_seed(seed, task))
         chunk = max(1, _CHUNK_ELEMENTS // n)
         for start in range(0, resamples, chunk):
             b = min(chunk, resamples - start)
             idx = rng.integers(0, n, size=(b, n))  # (b, n) drawn example indices
             counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
-            totals[:, start:start + b] += correct @ counts.T / n  # (M, b) task accuracy per replicate
-    return {name: totals[i] / len(tasks) for i, name in enumerate(names)}
+            acc[:, start:start + b] = correct @ counts.T / n  # (M, b); exact for 0/1 correct (integer sums)
+        for i, name in enumerate(names):
+            out[name][task] = acc[i]
+    return out
+
+
+def bootstrap_averages(models: Mapping[str, Mapping[str, np.ndarray]], *, resamples: int = RESAMPLES,
+                       seed: int = SEED) -> dict[str, np.ndarray]:
+    """``{model: {task: correct}}`` -> ``{model: (resamples,) average accuracy per replicate}``
+    (the mean over tasks of ``bootstrap_task_accuracies``)."""
+    per_task = bootstrap_task_accuracies(models, resamples=resamples, seed=seed)
+    return {m: np.mean(np.stack([acc[t] for t in sorted(acc)]), axis=0) for m, acc in per_task.items()}
 
 
 def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -125,20 +137,31 @@ def average_accuracy(correct: Mapping[str, np.ndarray]) -> float:
     return float(np.mean([np.asarray(c, dtype=np.float64).mean() for c in correct.values()]))
 
 
+@dataclass(frozen=True)
+class Intervals:
+    """``average[model]``, ``per_task[model][task]`` and ``gains[model]`` (vs its reference)."""
+
+    average: dict[str, Interval]
+    per_task: dict[str, dict[str, Interval]]
+    gains: dict[str, Interval]
+
+
 def intervals(models: Mapping[str, Mapping[str, np.ndarray]], pairs: Mapping[str, str] | None = None, *,
-              resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
-              ) -> tuple[dict[str, Interval], dict[str, Interval]]:
-    """(average-accuracy interval per model, paired gain interval per ``pairs`` entry).
+              resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> Intervals:
+    """Average-accuracy and per-task intervals per model, and a paired gain per ``pairs`` entry.
 
     ``pairs`` maps a model to the model it is compared with (``{"pact+ties": "ties"}``); the
     gain is ``model - reference`` in average accuracy, its interval from the same replicates.
     Pairs naming a model not in ``models`` are skipped.
     """
-    samples = bootstrap_averages(models, resamples=resamples, seed=seed)
+    per_task = bootstrap_task_accuracies(models, resamples=resamples, seed=seed)
+    samples = {m: np.mean(np.stack([acc[t] for t in sorted(acc)]), axis=0) for m, acc in per_task.items()}
     point = {m: average_accuracy(models[m]) for m in models}
     avg = {m: Interval(point[m], *percentile_interval(samples[m], level)) for m in models}
+    tasks = {m: {t: Interval(float(np.mean(np.asarray(models[m][t], dtype=np.float64))),
+                             *percentile_interval(acc[t], level)) for t in acc} for m, acc in per_task.items()}
     gains = {}
     for m, ref in (pairs or {}).items():
         if m in samples and ref in samples:
             gains[m] = Interval(point[m] - point[ref], *percentile_interval(samples[m] - samples[ref], level))
-    return avg, gains
+    return Intervals(avg, tasks, gains)
