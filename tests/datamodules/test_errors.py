@@ -50,7 +50,7 @@ def test_integer_labels_outside_the_class_list(tmp_path):
 def test_classlabel_with_wrong_class_count(tmp_path):
     root = make_parquet(tmp_path / "pq", n_train=4, n_test=2, classes=["a", "b", "c", "d"])
     dm = TaskDataModule(toy_task(), DataConfig(source=str(root), num_workers=0, cache_dir=str(tmp_path / "c")))
-    with pytest.raises(DataError, match="4 classes, the task has 3"):
+    with pytest.raises(DataError, match="4 source classes for 3 task classes"):
         dm.setup()
 
 

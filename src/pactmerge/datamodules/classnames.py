@@ -217,10 +217,11 @@ _OXFORD_PETS = (
     "Sphynx;Staffordshire Bull Terrier;Wheaten Terrier;Yorkshire Terrier"
 )
 
+# ethz/food101 ClassLabel order (the card's "Class Label Mappings"): cheesecake 16, cheese_plate 17.
 _FOOD101 = (
     "apple pie;baby back ribs;baklava;beef carpaccio;beef tartare;beet salad;beignets;bibimbap;"
     "bread pudding;breakfast burrito;bruschetta;caesar salad;cannoli;caprese salad;carrot cake;ceviche;"
-    "cheese plate;cheesecake;chicken curry;chicken quesadilla;chicken wings;chocolate cake;chocolate mousse;"
+    "cheesecake;cheese plate;chicken curry;chicken quesadilla;chicken wings;chocolate cake;chocolate mousse;"
     "churros;clam chowder;club sandwich;crab cakes;creme brulee;croque madame;cup cakes;deviled eggs;donuts;"
     "dumplings;edamame;eggs benedict;escargots;falafel;filet mignon;fish and chips;foie gras;french fries;"
     "french onion soup;french toast;fried calamari;fried rice;frozen yogurt;garlic bread;gnocchi;"
@@ -265,7 +266,33 @@ CLASSNAMES: dict[str, list[str]] = {
     "faces": ["human face", "background patch"],
 }
 
-# Folder names used by common local releases that differ from the prompt class names.
-FOLDER_ALIASES: dict[str, dict[str, str]] = {
+# Other wordings of a class, {source wording: class name}, used to match ClassLabel names, label
+# strings and class folders (after normalisation: case, spaces and punctuation do not count).
+# Recorded from the sources' own class lists: hub dataset cards and common local releases.
+ALIASES: dict[str, dict[str, str]] = {
+    # ufldl-stanford/svhn (cropped_digits): ClassLabel names '0'..'9'.
+    "svhn": dict(zip([str(i) for i in range(10)],
+                     ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])),
+    # tanganke/kmnist: ClassLabel names '0'..'9' (the label index); romanised names of other copies.
+    "kmnist": {
+        **{str(i): c for i, c in enumerate(["お", "き", "す", "つ", "な", "は", "ま", "や", "れ", "を"])},
+        **dict(zip(["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
+                   ["お", "き", "す", "つ", "な", "は", "ま", "や", "れ", "を"])),
+    },
+    # The CIFAR-100 card's fine label 26 reads 'cra'.
+    "cifar100": {"cra": "crab"},
+    # zalando-datasets/fashion_mnist: 'T - shirt / top' (torchvision: 'T-shirt/top').
+    "fashion_mnist": {"T - shirt / top": "t-shirt or top"},
+    # EuroSAT's own class (folder) names, used by torchvision and most copies.
+    "eurosat": {
+        "AnnualCrop": "annual crop land", "HerbaceousVegetation": "brushland or shrubland", "Highway": "highway or road",
+        "Industrial": "industrial buildings or commercial buildings", "Pasture": "pasture land",
+        "PermanentCrop": "permanent crop land", "Residential": "residential buildings or homes or apartments",
+        "SeaLake": "lake or sea",
+    },
+    # The Kaggle FER2013 ImageFolder release: train/<emotion>/, test/<emotion>/.
     "fer2013": {"disgust": "disgusted", "fear": "fearful", "surprise": "surprised"},
+    # PatchCamelyon's label is a bool: False (no tumour), True (metastatic tissue).
+    "pcam": {"false": "lymph node", "true": "lymph node containing metastatic tumor tissue"},
 }
+FOLDER_ALIASES = ALIASES  # the former name

@@ -101,7 +101,7 @@ class TaskDataModule(pl.LightningDataModule):
             elif spec.kind == "idx":
                 self._raw = idx_splits(Path(spec.location), task.key)
             else:
-                self._raw = hf_splits(spec, task.classnames, task.key, self.config.cache_dir)
+                self._raw = hf_splits(spec, task.classnames, task.key, self.config.cache_dir, task.folder_aliases)
             for split in self._raw.values():
                 _check_labels(split, self.num_classes, task.key)
         return self._raw

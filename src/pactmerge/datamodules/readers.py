@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pactmerge.errors import DataError
+from pactmerge.datamodules.labels import class_label_order, describe_order, name_index, norm
 from pactmerge.datamodules.sources import SourceSpec, canonical_split, split_of_path
 
 log = logging.getLogger(__name__)
@@ -129,19 +130,13 @@ def idx_splits(root: Path, prefix: str) -> dict[str, RawSplit]:
 
 
 # -------------------------------------------------------------------------------------------- ImageFolder
-def _norm(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch.isalnum())
-
-
 def folder_class_map(folders: Sequence[str], classnames: Sequence[str], aliases: dict[str, str], where: str) -> dict[str, int]:
     """Map class folder names to label indices: class names (case/punctuation-insensitive), aliases or integers."""
-    by_name = {_norm(c): i for i, c in enumerate(classnames)}
-    for alias, target in aliases.items():
-        by_name.setdefault(_norm(alias), classnames.index(target))
+    by_name = name_index(classnames, aliases)
     out: dict[str, int] = {}
     for f in folders:
-        if _norm(f) in by_name:
-            out[f] = by_name[_norm(f)]
+        if norm(f) in by_name:
+            out[f] = by_name[norm(f)]
         elif f.isdigit() and int(f) < len(classnames):
             out[f] = int(f)
         else:
@@ -173,26 +168,41 @@ def imagefolder_splits(root: Path, classnames, aliases, prefix: str) -> dict[str
 
 
 # -------------------------------------------------------------------------------------- Hugging Face
-def hf_labels(ds, column: str, classnames: Sequence[str], where: str) -> np.ndarray:
-    """Integer labels of a ``datasets.Dataset`` column (ClassLabel, int, bool or class-name strings)."""
+def hf_labels(ds, column: str, classnames: Sequence[str], where: str, aliases: dict[str, str] | None = None,
+              logged: set | None = None) -> np.ndarray:
+    """Task labels of a ``datasets.Dataset`` column (ClassLabel, int, bool or class-name strings).
+
+    ClassLabel names and strings are matched to ``classnames`` by name (see :mod:`labels`): a
+    ClassLabel in another order is remapped, with one log line per list of names (``logged``
+    holds the lists already reported); other names are refused.
+    """
     import datasets
 
     if column not in ds.column_names:
         raise DataError(f"{where}: no label column {column!r}; columns are {ds.column_names}")
     feat = ds.features[column]
-    if isinstance(feat, datasets.ClassLabel) and feat.num_classes != len(classnames):
-        raise DataError(
-            f"{where}: label column {column!r} has {feat.num_classes} classes, the task has {len(classnames)}; "
-            "this source does not hold this task's labels"
-        )
     values = ds.data.column(column).to_pylist()
     if values and isinstance(values[0], str):
-        by_name = {_norm(c): i for i, c in enumerate(classnames)}
-        bad = sorted({v for v in values if _norm(v) not in by_name})
+        by_name = name_index(classnames, aliases)
+        bad = sorted({v for v in values if norm(v) not in by_name})
         if bad:
             raise DataError(f"{where}: labels outside the class list: {bad[:10]}; classes: {list(classnames)[:12]}")
-        return np.asarray([by_name[_norm(v)] for v in values], dtype=np.int64)
-    return np.asarray(values, dtype=np.int64)
+        return np.asarray([by_name[norm(v)] for v in values], dtype=np.int64)
+    labels = np.asarray(values, dtype=np.int64)
+    if isinstance(feat, datasets.ClassLabel):
+        order = class_label_order(feat.names, classnames, aliases, f"{where}, label column {column!r}")
+        if order is not None:
+            bad = np.flatnonzero((labels < 0) | (labels >= len(order)))
+            if len(bad):
+                raise DataError(f"{where}: row {int(bad[0])} has label {int(labels[bad[0]])}, outside its ClassLabel "
+                                f"(0..{len(order) - 1}); this source has unlabelled or corrupt rows")
+            key = tuple(feat.names)
+            if logged is None or key not in logged:
+                log.info("%s: %s", where, describe_order(order, feat.names, classnames))
+                if logged is not None:
+                    logged.add(key)
+            labels = order[labels]
+    return labels
 
 
 def hf_load(spec: SourceSpec, cache_dir: str | None):
@@ -225,10 +235,11 @@ def hf_load(spec: SourceSpec, cache_dir: str | None):
         ) from exc
 
 
-def hf_splits(spec: SourceSpec, classnames, prefix: str, cache_dir: str | None) -> dict[str, RawSplit]:
+def hf_splits(spec: SourceSpec, classnames, prefix: str, cache_dir: str | None,
+              aliases: dict[str, str] | None = None) -> dict[str, RawSplit]:
     import datasets
 
-    dd = hf_load(spec, cache_dir)
+    dd, logged = hf_load(spec, cache_dir), set()
     if isinstance(dd, datasets.Dataset):
         raise DataError(f"{spec.location}: holds a single Dataset; save a DatasetDict with train and test splits")
     out = {}
@@ -236,7 +247,7 @@ def hf_splits(spec: SourceSpec, classnames, prefix: str, cache_dir: str | None) 
         where = f"{spec.location} split {split!r}"
         if spec.image_column not in ds.column_names:
             raise DataError(f"{where}: no image column {spec.image_column!r}; columns are {ds.column_names}")
-        labels = hf_labels(ds, spec.label_column, classnames, where)
+        labels = hf_labels(ds, spec.label_column, classnames, where, aliases, logged)
         out[canonical_split(split) if spec.kind in ("parquet", "arrow") else split] = HFSplit(
             f"{prefix}/{split}", ds, spec.image_column, labels
         )

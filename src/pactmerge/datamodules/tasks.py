@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from pactmerge.datamodules.classnames import CLASSNAMES, FOLDER_ALIASES
+from pactmerge.datamodules.classnames import ALIASES, CLASSNAMES
 from pactmerge.datamodules.offline import INSTALL as OFFLINE_INSTALL
 from pactmerge.datamodules.sources import SourceSpec, hub
 from pactmerge.datamodules.templates import TEMPLATES
@@ -32,7 +32,7 @@ class TaskInfo:
     templates: list[str]
     sources: tuple[SourceSpec, ...]
     hflip: bool = True
-    folder_aliases: dict[str, str] = field(default_factory=dict)
+    folder_aliases: dict[str, str] = field(default_factory=dict)  # other wordings of classes (classnames.ALIASES)
 
     @property
     def source(self) -> SourceSpec:
@@ -119,7 +119,7 @@ def get_task(key: str) -> TaskInfo:
     name, sources, hflip = _SPECS[norm]
     return TaskInfo(
         key=norm, display_name=name, classnames=list(CLASSNAMES[norm]), templates=list(TEMPLATES[norm]),
-        sources=sources, hflip=hflip, folder_aliases=dict(FOLDER_ALIASES.get(norm, {})),
+        sources=sources, hflip=hflip, folder_aliases=dict(ALIASES.get(norm, {})),
     )
 
 
