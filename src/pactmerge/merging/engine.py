@@ -316,11 +316,11 @@ class _Engine:
     def run(self) -> MergeResult:
         start = time.perf_counter()
         validate_sources(self.pre, self.fts)
-        if self.task_ids is None and self.svd.svd == "randomized":
+        if self.task_ids is None and (self.svd.svd == "randomized" or self.spec.needs_task_ids):
             t0 = time.perf_counter()
             self.task_ids = [fingerprint(src) for src in self.fts]
             self.timings["fingerprint"] += time.perf_counter() - t0
-        state: dict[str, Any] = {}
+        state: dict[str, Any] = {"task_ids": tuple(self.task_ids or ())}
         if self.spec.prepare is not None:
             if self.cacheable:
                 self._cache = {}

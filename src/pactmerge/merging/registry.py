@@ -7,7 +7,9 @@ import difflib
 from typing import Any, Mapping
 
 from pactmerge.errors import MergeError
-from pactmerge.merging.methods import iso_c, iso_cts, task_arithmetic, ties, tsvm, weight_averaging
+from pactmerge.merging.methods import (
+    breadcrumbs, consensus, dare, iso_c, iso_cts, magmax, task_arithmetic, ties, tsvm, weight_averaging,
+)
 from pactmerge.merging.pact import PACTConfig
 from pactmerge.merging.params import param_names, parse_params
 from pactmerge.merging.spec import MethodSpec
@@ -19,6 +21,10 @@ METHODS: dict[str, MethodSpec] = {
     "tsvm": tsvm.SPEC,
     "iso_c": iso_c.SPEC,
     "iso_cts": iso_cts.SPEC,
+    "dare": dare.SPEC,
+    "breadcrumbs": breadcrumbs.SPEC,
+    "consensus": consensus.SPEC,
+    "magmax": magmax.SPEC,
 }
 
 ALIASES = {"ta": "task_arithmetic", "tsv_m": "tsvm", "tsv-m": "tsvm", "iso-c": "iso_c", "iso-cts": "iso_cts"}

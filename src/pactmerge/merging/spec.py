@@ -48,6 +48,9 @@ class MethodSpec:
     scaling coefficients tried on validation data by default. ``alpha_bounds``: the hard limits
     (lo, hi) of the α search: when the best α lies on an end of the searched range, the range
     is widened on that side, never beyond these bounds (``pact+X`` uses X's bounds).
+    ``needs_task_ids``: the method draws random numbers per task (DARE's masks), so the engine
+    always supplies the tasks' identities (content fingerprints when none are given): in
+    ``ctx.task_ids`` and, for ``prepare``, in ``state["task_ids"]``.
     """
 
     name: str
@@ -63,6 +66,7 @@ class MethodSpec:
     base: str = ""
     alpha_grid: tuple[float, ...] = ()  # α values searched on validation data (``pact+X``: X's grid)
     alpha_bounds: tuple[float, float] = (0.0, 4.0)  # hard limits when the α range is widened
+    needs_task_ids: bool = False
 
 
 def linear_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
