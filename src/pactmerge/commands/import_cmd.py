@@ -15,7 +15,8 @@ def add_arguments(parser):
     src.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag (e.g. openai; needs a network or its cache)")
     src.add_argument("--weights", metavar="FILE", help="local open_clip state dict of the pre-trained model")
     parser.add_argument("--task", action="append", default=[], required=True, metavar="TASK=PATH_OR_HUB_ID",
-                        help="fine-tuned encoder of a task: a file, a HF checkpoint directory, or a Hub model id; repeatable")
+                        help="fine-tuned encoder of a task: a file, a HF checkpoint directory, a PEFT LoRA adapter directory, "
+                        "or a Hub model id; repeatable")
     parser.add_argument("--config", metavar="YAML", help="base run config (data, recipe, merge settings); "
                         "default: the embedded one")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -25,7 +26,8 @@ def add_arguments(parser):
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled torch files")
     parser.add_argument("--legacy-pickle", action="store_true",
                         help="read torch.save(model) pickles (task_vectors, tall_masks, AdaMerging: "
-                        "src.modeling.ImageEncoder) without running their code or needing their classes")
+                        "src.modeling.ImageEncoder), --weights and --task alike, without running their code "
+                        "or needing their classes")
 
 
 def _parse_tasks(specs: list[str]) -> dict[str, str]:
@@ -57,6 +59,7 @@ def run_config(args, tasks: list[str]):
         f"model.weights={json.dumps(str(Path(args.weights).resolve()) if args.weights else None)}",
         f"model.config={json.dumps(str(Path(args.model_config).resolve()) if args.model_config else None)}",
         f"model.trust_pickle={json.dumps(bool(args.trust_pickle))}",
+        f"model.legacy_pickle={json.dumps(bool(args.legacy_pickle))}",
         "tasks.benchmark=null",
         f"tasks.names={json.dumps(tasks)}",
     ]
@@ -68,57 +71,18 @@ def run(args) -> int:
 
     import yaml
 
-    from pactmerge.errors import CheckpointError
-    from pactmerge.fileio import sha256_file
-    from pactmerge.interop.files import weights_file
-    from pactmerge.interop.importer import conform, resolve_source
-    from pactmerge.interop.legacy import load_encoder
-    from pactmerge.pipeline.model import load_model
-    from pactmerge.pipeline import stages
-    from pactmerge.pipeline.context import RunContext, claim
+    from pactmerge.interop.importer import ImportOptions
+    from pactmerge.pipeline.pool import import_into_run
 
-    log = logging.getLogger("pactmerge.import")
-    sources = _parse_tasks(args.task)
-    cfg = run_config(args, list(sources))
-    loaded = load_model(cfg.model)
-    pretrained = loaded.encoder_state()
-
-    # Check every checkpoint before the run directory is created or changed, so a wrong
-    # --model or a bad file leaves nothing behind.
-    resolved = {}
-    for task, source in sources.items():
-        path = resolve_source(source, cache_dir=args.cache_dir)
-        state, layout = load_encoder(path, trust_pickle=args.trust_pickle, legacy_pickle=args.legacy_pickle)
-        conform(state, layout, pretrained, name=f"task {task!r} checkpoint {source}")
-        resolved[task] = path
-        del state
-
-    ctx = RunContext(cfg, loaded=loaded)  # the model is loaded already
-    claim(ctx, config_text=yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    stages.prepare(ctx)  # pre-trained encoder (binds the store) and the tasks' frozen heads
-    if not loaded.text_pretrained:
-        log.warning("the pre-trained model has no trained text tower: its heads are not CLIP zero-shot heads, "
-                    "so accuracies of imported CLIP checkpoints will not be meaningful; pass --pretrained or a "
-                    "full open_clip --weights file")
-    store = ctx.store
-    for task, path in resolved.items():
-        name = f"finetuned/{task}"
-        state, layout = load_encoder(path, trust_pickle=args.trust_pickle, legacy_pickle=args.legacy_pickle)
-        state, filled = conform(state, layout, pretrained, name=f"task {task!r} checkpoint {sources[task]}")
-        digest = sha256_file(weights_file(path))
-        if store.has(name):
-            old = store.entry(name).get("imported", {})
-            if old.get("source_sha256") == digest:
-                print(f"{name}: already imported from this file; kept")
-                continue
-            if not args.replace:
-                raise CheckpointError(f"{args.store}: {name} exists (from {old.get('source', 'fine-tuning')}); "
-                                      "pass --replace to overwrite it with the new checkpoint")
-        meta = {"kind": "finetuned", "task": task,
-                "imported": {"source": sources[task], "resolved": str(path), "layout": layout,
-                             "source_sha256": digest, "filled_from_pretrained": filled}}
-        store.save_state(name, state, meta)
-        print(f"{name}: imported from {sources[task]} ({layout} layout"
-              + (f"; {', '.join(filled)} from the pre-trained encoder" if filled else "") + ")")
+    sources = {f"finetuned/{task}": src for task, src in _parse_tasks(args.task).items()}
+    cfg = run_config(args, [name.split("/", 1)[1] for name in sources])
+    options = ImportOptions(trust_pickle=args.trust_pickle, legacy_pickle=args.legacy_pickle,
+                            cache_dir=args.cache_dir, replace=args.replace)
+    ctx = import_into_run(cfg, sources, options, config_text=yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if not ctx.loaded.text_pretrained:
+        logging.getLogger("pactmerge.import").warning(
+            "the pre-trained model has no trained text tower: its heads are not CLIP zero-shot heads, so accuracies "
+            "of imported CLIP checkpoints will not be meaningful; pass --pretrained or a whole CLIP model as "
+            "--weights (open_clip file or Hugging Face CLIPModel)")
     print(f"run directory {args.store} is ready: pactmerge merge {Path(args.store) / 'config.yaml'}")
     return 0

@@ -33,13 +33,47 @@ def encoder_state(state: Mapping[str, Tensor], *, source: str = "state dict") ->
     return to_open_clip(state, source=source)
 
 
-def load_encoder_file(path: str | Path, *, trust_pickle: bool = False) -> tuple[dict[str, Tensor], str]:
+def load_encoder_file(path: str | Path, *, trust_pickle: bool = False,
+                      legacy_pickle: bool = False) -> tuple[dict[str, Tensor], str]:
     """``encoder_state`` of the state dict in ``path`` (safetensors or torch file, or a Hugging
-    Face checkpoint directory holding ``model.safetensors`` / ``pytorch_model.bin``)."""
-    from pactmerge.fileio import load_state_dict
+    Face checkpoint directory holding ``model.safetensors`` / ``pytorch_model.bin``). With
+    ``legacy_pickle`` a ``torch.save(model)`` pickle is read without running its code
+    (``interop.legacy``); without it such a file is refused with an error saying so."""
+    from pactmerge.interop.legacy.loader import read_state_file
 
     path = weights_file(path)
-    return encoder_state(load_state_dict(path, trust_pickle=trust_pickle), source=str(path))
+    state = read_state_file(path, trust_pickle=trust_pickle, legacy_pickle=legacy_pickle)
+    return encoder_state(state, source=str(path))
+
+
+def load_clip_file(path: str | Path, *, trust_pickle: bool = False,
+                   legacy_pickle: bool = False) -> tuple[dict[str, Tensor], str]:
+    """A whole CLIP model's state in open_clip's ``CLIP`` layout, and the layout it came in.
+
+    The image tower's keys get ``visual.``; a Hugging Face ``CLIPModel`` also gives its text
+    tower (``interop.text``) and ``logit_scale``; an open_clip ``CLIP`` state keeps its text keys;
+    a bare tower, a ``CLIPVisionModel`` or a legacy pickle give the image tower alone. A state
+    that is no CLIP ViT (e.g. a CNN tower) is returned as it is (``"other"``)."""
+    from pactmerge.interop.legacy.loader import read_state_file
+    from pactmerge.interop.text import hf_text_prefix, hf_text_to_open_clip
+
+    file = weights_file(path)
+    raw = {k.removeprefix("module."): v for k, v in
+           read_state_file(file, trust_pickle=trust_pickle, legacy_pickle=legacy_pickle).items()}
+    try:
+        det = detect_layout(raw, source=str(file))
+    except CheckpointError:
+        return raw, "other"
+    if det.layout == "hf":
+        out = {f"visual.{k}": v for k, v in to_open_clip(raw, source=str(file))[0].items()}
+        if hf_text_prefix(raw) is not None:
+            out.update(hf_text_to_open_clip(raw, source=str(file)))
+        return out, "hf"
+    # the CLIP model holding the tower: "visual." of a whole CLIP, "model.visual." of an ImageEncoder state
+    outer = det.prefix.removesuffix("visual.") if det.prefix.endswith("visual.") else None
+    if outer is None:
+        return {f"visual.{k}": v for k, v in to_open_clip(raw, source=str(file))[0].items()}, "open_clip"
+    return {k[len(outer):]: v for k, v in raw.items() if k.startswith(outer)}, "open_clip"
 
 
 def weights_file(path: str | Path) -> Path:

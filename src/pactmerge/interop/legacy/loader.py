@@ -122,7 +122,7 @@ def read_state_file(path: str | Path, *, trust_pickle: bool = False, legacy_pick
 def load_encoder(path: str | Path, *, trust_pickle: bool = False, legacy_pickle: bool = False,
                  source: str | None = None) -> tuple[dict[str, Tensor], str]:
     """The image encoder of a file or checkpoint directory in pactmerge's layout, and the layout it
-    came in (``interop.files.encoder_state``), with legacy pickles read as ``read_state_file`` does."""
+    came in: ``interop.files.load_encoder_file``, legacy pickles read as ``read_state_file`` does."""
     from pactmerge.interop.files import encoder_state, weights_file
 
     file = weights_file(path)
