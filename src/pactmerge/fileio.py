@@ -13,11 +13,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from pactmerge.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written, so JSON and text writes stay torch-free
+    import torch
 
 PathLike = str | os.PathLike
 
@@ -61,9 +62,7 @@ def write_json_atomic(path: PathLike, obj: Any) -> None:
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        return obj.item()
-    if hasattr(obj, "item"):
+    if hasattr(obj, "item"):  # a one-element tensor or a numpy scalar
         return obj.item()
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
@@ -109,6 +108,8 @@ def load_state_dict(path: PathLike, *, trust_pickle: bool = False, device: str =
             raise CheckpointError(
                 f"{path}: not a readable safetensors file ({exc}); the file may be truncated or of another format"
             ) from exc
+    import torch
+
     try:
         obj = torch.load(path, map_location=device, weights_only=not trust_pickle)
     except Exception as exc:
@@ -118,6 +119,8 @@ def load_state_dict(path: PathLike, *, trust_pickle: bool = False, device: str =
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):

@@ -17,7 +17,7 @@ import yaml
 
 from pactmerge.checkpoints import CheckpointStore, ManifestError
 from pactmerge.cli import main
-from pactmerge.commands.status import collect, format_status, merge_ids
+from pactmerge.commands.status import collect, format_status
 from pactmerge.errors import CheckpointError
 
 TASKS = ["digits", "faces"]
@@ -229,16 +229,52 @@ def test_status_is_fast_and_imports_no_model_code(tmp_path):
     assert result["s"] < 2.0
 
 
-@pytest.mark.parametrize("merge", [
-    {"methods": ["task_arithmetic", "ties"], "pact": ["none", "exact", "randomized"]},
-    {"methods": ["tsvm"], "pact": ["randomized", "none"], "params": {"svd": "randomized"}},
-    {"methods": ["iso_c"], "pact": ["exact"], "method_params": {"iso_c": {"svd": "randomized"}}},
-])
-def test_merge_ids_follow_the_merge_stage_plan(merge):
-    plan_merges = pytest.importorskip("pactmerge.pipeline.merge_stage").plan_merges
-    from pactmerge.pipeline.config import MergeConfig
+def _claimed(tmp_path, *overrides):
+    """A run directory claimed by the real ``rundir.claim`` (nothing stored yet), and its config."""
+    from pactmerge.pipeline.config import load_config
+    from pactmerge.pipeline.context import RunContext
+    from pactmerge.pipeline.rundir import claim
 
-    assert merge_ids(merge) == [p.id for p in plan_merges(MergeConfig(**merge))]
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "tasks.names=[digits, faces]", *overrides])
+    claim(RunContext(cfg))
+    return tmp_path / "run", cfg
+
+
+def test_status_of_any_claimed_directory_never_imports_torch(tmp_path):
+    # methods: all and PACT keys given flat in method_params need the method registry to plan; the
+    # claim records the merge ids, so status reads them instead of planning
+    run, cfg = _claimed(tmp_path, "merge.methods=all", "merge.pact=[none, randomized]",
+                        "merge.method_params={pact+ties: {K: 3, k: 2}}")
+    code = ("import json, sys\nfrom pactmerge.cli import main\n"
+            f"rc = main(['status', '--json', {str(run)!r}])\n"
+            "print(json.dumps({'rc': rc, 'loaded': [m for m in ('torch', 'open_clip', 'pytorch_lightning',"
+            " 'lightning', 'safetensors.torch') if m in sys.modules]}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    result, status = json.loads(lines[-1]), json.loads("\n".join(lines[:-1]))
+    assert result == {"rc": 0, "loaded": []}, proc.stderr
+    from pactmerge.pipeline.merge_plan import plan_merges
+
+    merge = next(s for s in status["stages"] if s["stage"] == "merge")
+    assert [r["name"] for r in merge["entries"]] == [f"merged/{p.id}" for p in plan_merges(cfg.merge)]
+    assert "merged/pact+ties-rsvd" in [r["name"] for r in merge["entries"]]
+
+
+def test_status_and_the_stages_share_one_plan(tmp_path):
+    from pactmerge.pipeline import stages
+    from pactmerge.pipeline.context import RunContext
+    from pactmerge.pipeline.merge_plan import stage_entries
+
+    run, cfg = _claimed(tmp_path, "comparisons.sequential=false", "comparisons.zero_shot=false")
+    status = collect(run)
+    shown = [(s["stage"], [r["name"] for r in s["entries"]]) for s in status["stages"][:-2]]
+    planned = stage_entries(cfg, ["digits", "faces"])
+    assert [names for _, names in shown] == [names for _, names in planned]
+    assert [s for s, _ in shown] == ["prepare", "finetune", "joint", "merge"]
+    evaluate = status["stages"][-2]
+    assert evaluate["not_evaluated"] == [n for n, _ in stages.evaluation_plan(RunContext(cfg))]
+    assert evaluate["not_evaluated"] == ["finetuned/digits", "finetuned/faces", "joint"]
 
 
 def _tiny_study_config(tmp_path):

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shlex
-import socket
 from pathlib import Path
 from typing import Any
 
+from pactmerge.pipeline import merge_plan
+from pactmerge.pipeline.rundir import lock_state, recorded_config, require_run_info
+
 HELP = "show which stages of a run directory are done, running or missing, and the command to continue"
-LOCK_FILE = "run.lock"  # written by pipeline.context.RunLock: {"pid", "host", "started", "argv"}
-RUN_INFO = "run.json"
 
 
 def add_arguments(parser):
@@ -40,73 +39,8 @@ def add_arguments(parser):
 
 
 # -- reading ---------------------------------------------------------------------------------
-def read_run_info(run_dir: Path) -> dict[str, Any]:
-    """``run.json`` checked for shape; ``ConfigError`` naming the file and what to do."""
-    from pactmerge.errors import ConfigError
-
-    path = run_dir / RUN_INFO
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no {RUN_INFO}); give the output_dir of a run")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        info, why = None, f"not valid JSON ({exc})"
-    else:
-        why = f"a JSON {type(info).__name__}, not an object with 'config' and 'tasks'"
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict) or not isinstance(
-            info.get("tasks"), list):
-        raise ConfigError(
-            f"{path}: unreadable run description: {why}. It records which config made this run directory; "
-            f"restore it by rerunning with that config: `pactmerge run {run_dir / 'config.yaml'} --output-dir "
-            f"{run_dir}` (if that is refused as another config, add --force: the old directory is moved aside)")
-    return info
-
-
-def lock_state(run_dir: Path) -> dict[str, Any]:
-    """``{"state": "none" | "held" | "stale" | "unreadable", pid, host, started}`` of ``run.lock``."""
-    path = run_dir / LOCK_FILE
-    if not path.exists():
-        return {"state": "none"}
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        holder = None
-    if not isinstance(holder, dict):
-        return {"state": "unreadable", "path": str(path)}
-    out = {"state": "held", **{k: holder.get(k) for k in ("pid", "host", "started")}}
-    if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
-        out["state"] = "stale"
-    return out
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def merge_ids(merge: dict[str, Any]) -> list[str] | None:
-    """Entry ids ``merged/<id>`` the merge stage builds (as ``pipeline.merge_stage.plan_merges``), or None
-    when ``methods`` names ``all`` (that needs the method registry)."""
-    methods = merge.get("methods", [])
-    methods = [methods] if isinstance(methods, str) else list(methods or [])
-    if "all" in methods:
-        return None
-    params, method_params = dict(merge.get("params") or {}), dict(merge.get("method_params") or {})
-    plain, with_pact = [], []
-    for m in methods:
-        svd = str({**params, **dict(method_params.get(m) or {})}.get("svd", "exact"))
-        for variant in merge.get("pact", ["none", "exact"]):
-            if variant == "none":
-                plain.append(m + ("-rsvd" if svd == "randomized" else ""))
-            else:
-                with_pact.append((variant, f"pact+{m}" + ("-rsvd" if variant == "randomized" else "")))
-    order = {v: i for i, v in enumerate(merge.get("pact", []))}
-    return plain + [i for _, i in sorted(with_pact, key=lambda p: order[p[0]])]
+# display names of the study's stages (``merge_plan.stage_entries``)
+_SHOWN = {"finetune_individual": "finetune", "finetune_joint": "joint", "finetune_sequential": "sequential"}
 
 
 def _last_step(fit_dir: Path) -> int | None:
@@ -144,15 +78,14 @@ def collect(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run directory")
-    info = read_run_info(run_dir)
+    info = require_run_info(run_dir)
     try:
         entries: dict[str, Any] = read_manifest(run_dir)["entries"]
     except ManifestError:
         if (run_dir / MANIFEST).exists() or store_files(run_dir):
             raise
         entries = {}  # claimed, nothing stored yet
-    cfg, tasks = info["config"], [str(t) for t in info["tasks"]]
-    comparisons = cfg.get("comparisons") or {}
+    cfg, tasks = recorded_config(info, run_dir / "run.json"), [str(t) for t in info["tasks"]]
     lock = lock_state(run_dir)
 
     def entry(name: str) -> dict[str, Any]:
@@ -160,17 +93,11 @@ def collect(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
             return {"name": name, "state": check_entry(run_dir, name, entries[name], verify=verify)}
         return {"name": name, "state": "to do", **(_fit_progress(run_dir, name) or {})}
 
-    plan: list[tuple[str, list[str]]] = [("prepare", ["pretrained"] + [f"heads/{t}" for t in tasks]),
-                                         ("finetune", [f"finetuned/{t}" for t in tasks])]
-    plan += [(n, [n]) for n in ("joint", "sequential") if comparisons.get(n, True)]
-    ids = merge_ids(cfg.get("merge") or {})
-    merged = [f"merged/{i}" for i in ids] if ids is not None else sorted(n for n in entries if n.startswith("merged/"))
-    plan.append(("merge", merged))
     stages = []
-    for stage, names in plan:
+    for stage, names in merge_plan.stage_entries(cfg, tasks, info.get("merges")):
         rows = [entry(n) for n in names]
-        stages.append({"stage": stage, "state": _stage_state(rows), "entries": rows})
-    stages.append(_evaluate_stage(entries, tasks, comparisons))
+        stages.append({"stage": _SHOWN.get(stage, stage), "state": _stage_state(rows), "entries": rows})
+    stages.append(_evaluate_stage(entries, merge_plan.evaluation_entries(cfg, tasks)))
     report = run_dir / "results.json"
     stages.append({"stage": "report", "state": "done" if report.is_file() else "to do", "entries": []})
     if lock["state"] == "held":
@@ -204,11 +131,8 @@ def _stage_state(rows: list[dict[str, Any]]) -> str:
     return f"to do ({done} of {len(rows)} done)" if done else "to do"
 
 
-def _evaluate_stage(entries: dict[str, Any], tasks: list[str], comparisons: dict[str, Any]) -> dict[str, Any]:
-    """Test metrics recorded in the manifest for the zero-shot, individual, joint and sequential encoders."""
-    want = [("pretrained", tasks)] if comparisons.get("zero_shot", True) else []
-    want += [(f"finetuned/{t}", [t]) for t in tasks]
-    want += [(n, tasks) for n in ("joint", "sequential") if comparisons.get(n, True)]
+def _evaluate_stage(entries: dict[str, Any], want: list[tuple[str, list[str]]]) -> dict[str, Any]:
+    """Which of ``want`` ((entry, tasks): ``merge_plan.evaluation_entries``) have their test metrics in the manifest."""
     have = [n for n, ts in want if all(t in (((entries.get(n) or {}).get("metrics") or {}).get("test") or {})
                                        for t in ts)]
     state = "done" if len(have) == len(want) else (f"to do ({len(have)} of {len(want)} done)" if have else "to do")

@@ -22,8 +22,8 @@ from pactmerge.coerce import coerce
 
 from pactmerge.datamodules import DataConfig
 from pactmerge.errors import ConfigError
-from pactmerge.pipeline.finetuner import Recipe
-from pactmerge.pipeline.model import ModelSpec
+from pactmerge.pipeline.model_spec import ModelSpec
+from pactmerge.pipeline.recipe import Recipe
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "offline_default.yaml"
 
@@ -281,7 +281,7 @@ def _validate_merge(cfg: RunConfig, bad) -> None:
             raise bad("merge.device", f"= {m.device!r} is not a device; use auto, cpu, cuda or cuda:N")
     from pactmerge.errors import MergeError
     from pactmerge.merging import get_method
-    from pactmerge.pipeline.merge_stage import plan_merges, resolved_params
+    from pactmerge.pipeline.merge_plan import plan_merges, resolved_params
 
     methods = [m.methods] if isinstance(m.methods, str) else list(m.methods)
     for i, name in enumerate(methods):

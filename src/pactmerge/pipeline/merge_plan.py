@@ -8,8 +8,13 @@ namespace: ``merge.params`` reach every merge (method parameters and the merge-w
 alike; ``merge.method_params["pact+m"]`` reach ``pact+m`` only (its PACT keys to PACT, the rest
 to the method).
 
-Importing this module does not import torch: the registry is consulted only when a function
-needs it.
+The entries each stage of a study produces (``stage_entries``) and those whose test accuracy
+the evaluation records (``evaluation_entries``) are defined here too, once, for the stages,
+``pactmerge run --dry-run`` and ``pactmerge status``.
+
+Torch-free: the method registry (which imports torch) is consulted only for ``methods: all``
+and for PACT's own keys given flat in ``method_params["pact+m"]``; ``pactmerge status`` reads
+the merge ids its claim recorded (``rundir``) instead.
 """
 
 from __future__ import annotations
@@ -37,14 +42,18 @@ class PlannedMerge:
         return self.method + ("-rsvd" if self.svd == "randomized" else "")
 
 
-def expand_methods(methods: str | Sequence[str]) -> list[str]:
-    """``"all"`` (or a list holding it) -> every base method of the registry, in registry order; else the list."""
+def _registry_methods() -> list[str]:
     from pactmerge.merging import available_methods
 
+    return list(available_methods())
+
+
+def expand_methods(methods: str | Sequence[str]) -> list[str]:
+    """``"all"`` (or a list holding it) -> every base method of the registry, in registry order; else the list."""
     names = [methods] if isinstance(methods, str) else list(methods)
     out: list[str] = []
     for name in names:
-        expanded = [m for m in available_methods() if "+" not in m] if name == "all" else [name]
+        expanded = [m for m in _registry_methods() if "+" not in m] if name == "all" else [name]
         out += [m for m in expanded if m not in out]
     return out
 
@@ -62,7 +71,6 @@ def plan_merges(merge_cfg: Any) -> list[PlannedMerge]:
     merges sharing PACT's cleaned task vectors run one after another.
     """
     method_params = dict(merge_cfg.method_params or {})
-    pact_fields = _pact_field_names()
     plain, with_pact = [], []
     for m in expand_methods(merge_cfg.methods):
         base = {**dict(merge_cfg.params or {}), **dict(method_params.get(m, {}))}
@@ -72,7 +80,9 @@ def plan_merges(merge_cfg: Any) -> list[PlannedMerge]:
                 continue
             own = dict(method_params.get(f"pact+{m}", {}))
             pact = {**dict(merge_cfg.pact_params or {}), **dict(own.pop("pact", {}) or {})}
-            pact.update({k: own.pop(k) for k in list(own) if k in pact_fields})
+            if own:
+                pact_fields = _pact_field_names()
+                pact.update({k: own.pop(k) for k in list(own) if k in pact_fields})
             params = {**base, **own, "svd": variant}
             with_pact.append(PlannedMerge(f"pact+{m}", params, pact, svd=variant))
     order = {v: i for i, v in enumerate(merge_cfg.pact)}
@@ -87,3 +97,31 @@ def resolved_params(planned: PlannedMerge) -> dict[str, Any]:
 
     _, _, params, pact = resolve_params(get_method(planned.method), planned.params, planned.pact)
     return {"params": params, "pact_params": pact}
+
+
+# -- the entries of a study's stages -------------------------------------------------------------------
+def stage_entries(cfg: Any, task_keys: Sequence[str], merge_ids: Sequence[str] | None = None
+                  ) -> list[tuple[str, list[str]]]:
+    """(stage, the store entries it produces) of a study in the order it runs them: ``prepare``,
+    ``finetune_individual``, ``finetune_joint`` / ``finetune_sequential`` (when compared) and ``merge``.
+
+    ``cfg`` is a ``RunConfig``; ``merge_ids`` the merge ids when known (recorded in ``run.json``),
+    else they are planned from ``cfg.merge``.
+    """
+    keys = list(task_keys)
+    ids = [p.id for p in plan_merges(cfg.merge)] if merge_ids is None else list(merge_ids)
+    plan = [("prepare", ["pretrained"] + [f"heads/{t}" for t in keys]),
+            ("finetune_individual", [f"finetuned/{t}" for t in keys])]
+    plan += [(f"finetune_{n}", [n]) for n in ("joint", "sequential") if getattr(cfg.comparisons, n)]
+    if getattr(cfg, "pool", None) is not None:  # one import stage instead of the fine-tunes
+        plan[1:] = [("import", [e for _, entries in plan[1:] for e in entries])]
+    return plan + [("merge", [f"merged/{i}" for i in ids])]
+
+
+def evaluation_entries(cfg: Any, task_keys: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """(store entry, tasks) of every non-merged model whose test accuracy the report shows (the merge
+    stage records its merges' own)."""
+    keys = list(task_keys)
+    plan: list[tuple[str, list[str]]] = [("pretrained", keys)] if cfg.comparisons.zero_shot else []
+    plan += [(f"finetuned/{t}", [t]) for t in keys]
+    return plan + [(n, keys) for n in ("joint", "sequential") if getattr(cfg.comparisons, n)]

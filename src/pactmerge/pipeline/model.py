@@ -31,12 +31,13 @@ import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from pactmerge.errors import CheckpointError, ConfigError
+from pactmerge.pipeline.model_spec import ModelSpec  # noqa: F401  (its home before pipeline.model_spec)
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +47,6 @@ BUNDLED_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 _BUNDLED_PREPROCESS = {"efficientnet_lite0_clip": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}}
 # A CLIP logit scale for heads that did not come with a trained one (the value CLIP converges to).
 DEFAULT_LOGIT_SCALE = 100.0
-
-
-@dataclass
-class ModelSpec:
-    """Which model to build and where its weights come from (see the module docstring)."""
-
-    name: str = "efficientnet_lite0_clip"
-    pretrained: str | None = None
-    weights: str | None = None
-    config: str | None = None
-    image_size: int | None = None
-    trust_pickle: bool = False
-    heads: Literal["auto", "text", "orthonormal"] = "auto"
-
-    def __post_init__(self) -> None:
-        if self.heads not in ("auto", "text", "orthonormal"):
-            raise ConfigError(f"model.heads={self.heads!r}: use 'auto', 'text' or 'orthonormal'")
 
 
 @dataclass
@@ -191,9 +175,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     import open_clip
 
     name, cfg = _resolve_config(spec)
-    if spec.weights and not Path(spec.weights).is_file():
-        raise CheckpointError(f"weights file {spec.weights}: no such file (model.weights); "
-                              "give the path of a safetensors or torch state-dict file")
+    weights = _weights_path(spec.weights) if spec.weights else None
     force_pre = _BUNDLED_PREPROCESS.get(name) if not spec.config else None
     pretrained = spec.pretrained if not spec.weights else None
     try:
@@ -210,7 +192,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         raise
     text_pretrained = bool(pretrained)
     if spec.weights:
-        text_pretrained = _load_weights_file(clip, Path(spec.weights), spec.trust_pickle)
+        text_pretrained = _load_weights_file(clip, weights, spec.trust_pickle, spec.legacy_pickle)
     elif not pretrained and name == "efficientnet_lite0_clip":
         from pactmerge.pipeline.model_effnet import efficientnet_lite0_trunk_state
 
@@ -236,14 +218,26 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     )
 
 
-def _load_weights_file(clip: nn.Module, path: Path, trust_pickle: bool) -> bool:
-    """Load a full-model or image-tower state dict into ``clip``; return whether text weights came too."""
+def _weights_path(weights: str) -> Path:
+    """A local file or checkpoint directory, or a Hugging Face Hub id resolved to its (cached) snapshot."""
+    from pactmerge.interop.importer import is_hub_id, resolve_source
+
+    if Path(weights).exists() or not is_hub_id(weights):
+        if not Path(weights).exists():
+            raise CheckpointError(f"weights file {weights}: no such file (model.weights); give the path of a "
+                                  "safetensors or torch state-dict file, a checkpoint directory or a Hub model id")
+        return Path(weights)
+    return resolve_source(weights)
+
+
+def _load_weights_file(clip: nn.Module, path: Path, trust_pickle: bool, legacy_pickle: bool = False) -> bool:
+    """Load a full-model or image-tower state dict (any layout ``interop.files.load_clip_file``
+    reads) into ``clip``; return whether text weights came too."""
     from open_clip.model import resize_pos_embed
 
-    from pactmerge.fileio import load_state_dict
+    from pactmerge.interop.files import load_clip_file
 
-    sd = load_state_dict(path, trust_pickle=trust_pickle)
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    sd, layout = load_clip_file(path, trust_pickle=trust_pickle, legacy_pickle=legacy_pickle)
     full = any(k.startswith("visual.") for k in sd)
     if not full:
         sd = {f"visual.{k}": v for k, v in sd.items()}
@@ -251,6 +245,9 @@ def _load_weights_file(clip: nn.Module, path: Path, trust_pickle: bool) -> bool:
         resize_pos_embed(sd, clip)  # a different image_size changes the number of patches
     visual = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
     result = clip.visual.load_state_dict(visual, strict=False)
+    if layout == "hf" and result.missing_keys == ["proj"]:  # a CLIPVisionModel has no projection
+        log.info("%s: no visual projection in this checkpoint; 'proj' keeps its seeded initialisation", path)
+        result.missing_keys.clear()
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: does not fit the image tower of this model: {len(result.missing_keys)} missing keys "

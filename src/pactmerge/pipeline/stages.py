@@ -114,12 +114,11 @@ def finetune_sequential(ctx: RunContext) -> bool:
 
 
 def evaluation_plan(ctx: RunContext) -> list[tuple[str, list[str]]]:
-    """(store entry, tasks) of every non-merged model whose test accuracy the report shows."""
-    keys = ctx.task_keys
-    plan: list[tuple[str, list[str]]] = [("pretrained", keys)] if ctx.cfg.comparisons.zero_shot else []
-    plan += [(f"finetuned/{t}", [t]) for t in keys]
-    plan += [(n, keys) for n in ("joint", "sequential") if getattr(ctx.cfg.comparisons, n)]
-    return plan
+    """(store entry, tasks) of every non-merged model whose test accuracy the report shows
+    (``merge_plan.evaluation_entries``, which ``pactmerge status`` reads too)."""
+    from pactmerge.pipeline.merge_plan import evaluation_entries
+
+    return evaluation_entries(ctx.cfg, ctx.task_keys)
 
 
 def evaluate(ctx: RunContext) -> bool:

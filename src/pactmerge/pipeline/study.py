@@ -1,7 +1,8 @@
 """The study: the stages of ``pipeline.stages`` and ``pipeline.merge_stage`` run in order.
 
 ``open_study`` resolves a config (its tasks, the model, the data) and only then claims the run
-directory (``context.claim``); ``run_study`` runs every stage, skipping finished ones. Each
+directory (``rundir.claim``), for every command that works in a study's run directory;
+``run_study`` runs every stage, skipping finished ones. Each
 stage that did work logs one line and records its wall-clock seconds in ``RUN_DIR/timings.json``
 (``{"stages": {name: seconds}}``; a rerun that finds a stage finished keeps its earlier figure),
 which the report copies into ``results.json`` as ``timings``.
@@ -9,22 +10,31 @@ which the report copies into ``results.json`` as ``timings``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from typing import Any, Callable
 
 from pactmerge.fileio import write_json_atomic
-from pactmerge.pipeline import merge_stage, stages
-from pactmerge.pipeline.context import RunContext, claim
+from pactmerge.pipeline import merge_plan, merge_stage, stages
+from pactmerge.pipeline.context import RunContext
+from pactmerge.pipeline.rundir import claim
 
 log = logging.getLogger(__name__)
 
 TIMINGS = "timings.json"
 
 
-def open_study(cfg, *, force: bool = False, config_text: str | None = None, tasks=None) -> RunContext:
-    """A resolved context of ``cfg`` whose run directory is claimed (see ``context.claim``)."""
+def open_study(cfg, *, force: bool = False, config_text: str | None = None, run_dir=None,
+               tasks=None) -> RunContext:
+    """The one way to open a study: the context of ``cfg`` (in ``run_dir`` when given, else its
+    ``output_dir``) resolved first (the model; the data of ``tasks``, default all), so that a bad
+    config, model or data source fails before the directory is touched, then its run directory
+    claimed (``rundir.claim``; ``force`` moves another config's run aside; ``config_text`` is
+    recorded as ``config.yaml``)."""
+    if run_dir is not None:
+        cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
     ctx = RunContext(cfg).resolve(tasks)
     claim(ctx, force=force, config_text=config_text)
     return ctx
@@ -106,12 +116,12 @@ def describe(ctx: RunContext) -> str:
                 size = f"unavailable: {exc}"
         lines.append(f"  {info.key:<16} {info.display_name}; source {spec.describe()}; {size}")
     m = cfg.merge
-    lines.append(f"merges ({len(merge_stage.plan_merges(m))}), alpha: {m.alpha_search}"
+    lines.append(f"merges ({len(merge_plan.plan_merges(m))}), alpha: {m.alpha_search}"
                  + (f" on {merge_stage.ALPHA_SUBSET} validation examples per task, best "
                     f"{merge_stage.ALPHA_CONFIRM} re-scored on the full split" if m.alpha_search != "fixed" else "")
                  + (f", grid {m.alpha_grid}" if m.alpha_grid else ", each method's grid"))
-    for planned in merge_stage.plan_merges(m):
-        resolved = merge_stage.resolved_params(planned)
+    for planned in merge_plan.plan_merges(m):
+        resolved = merge_plan.resolved_params(planned)
         lines.append(f"  {planned.id:<24} params {json.dumps(resolved['params'], sort_keys=True)}")
         if resolved["pact_params"] is not None:
             lines.append(f"  {'':<24} pact   {json.dumps(resolved['pact_params'], sort_keys=True)}")
@@ -124,13 +134,12 @@ def describe(ctx: RunContext) -> str:
 
 
 def _dir_state(ctx: RunContext) -> str:
-    from pactmerge.pipeline.context import _diff_keys, comparable_identity, read_run_info, recorded_identity
+    from pactmerge.pipeline.rundir import identity_diff, read_run_info
 
     info = read_run_info(ctx.run_dir)
     if info is None:
         return "new" if not ctx.run_dir.exists() else "exists, not yet claimed"
-    diff = _diff_keys(comparable_identity(recorded_identity(info, ctx.run_dir / "run.json")),
-                      comparable_identity(ctx.cfg.identity()))
+    diff = identity_diff(ctx.run_dir, info, ctx.cfg)
     return "same config: finished stages are kept" if not diff else f"another config (differs at: {', '.join(diff[:8])})"
 
 
@@ -142,10 +151,7 @@ def _finished_entries(ctx: RunContext) -> set[str]:
 
 
 def _stage_state(ctx: RunContext, name: str, done: set[str]) -> str:
-    want = {"prepare": ["pretrained"] + [f"heads/{t}" for t in ctx.task_keys],
-            "finetune_individual": [f"finetuned/{t}" for t in ctx.task_keys],
-            "finetune_joint": ["joint"], "finetune_sequential": ["sequential"],
-            "merge": [f"merged/{p.id}" for p in merge_stage.plan_merges(ctx.cfg.merge)]}.get(name)
+    want = dict(merge_plan.stage_entries(ctx.cfg, ctx.task_keys)).get(name)
     if want is None:
         return "runs when its inputs are missing test metrics"
     todo = [w for w in want if w not in done]
