@@ -7,6 +7,17 @@ import pytest
 from dm_helpers import make_imagefolder, make_parquet
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _datasets_cache_under_tmp(tmp_path_factory):
+    """``datasets`` writes the Arrow files it prepares under a session temporary folder, not ~/.cache."""
+    import datasets
+
+    saved = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = tmp_path_factory.mktemp("hf_datasets_cache")
+    yield
+    datasets.config.HF_DATASETS_CACHE = saved
+
+
 @pytest.fixture
 def imagefolder(tmp_path) -> Path:
     return make_imagefolder(tmp_path / "folder")

@@ -74,7 +74,8 @@ class TaskDataModule(pl.LightningDataModule):
     def source_spec(self) -> SourceSpec:
         """The source in use: per-task override > ``source`` > ``<data_dir>/<task>`` > first available default."""
         if self._spec is None:
-            cfg, default = self.config, self.task.source
+            cfg = self.config
+            default = next((s for s in self.task.sources if s.kind == "hub"), self.task.source)  # a copy reads as the hub
             override = cfg.sources.get(self.task.key) or cfg.source
             local = Path(cfg.data_dir) / self.task.key if cfg.data_dir else None
             if override:

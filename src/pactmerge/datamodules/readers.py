@@ -19,7 +19,8 @@ from PIL import Image
 
 from pactmerge.errors import DataError
 from pactmerge.datamodules.labels import class_label_order, describe_order, name_index, norm
-from pactmerge.datamodules.sources import SourceSpec, canonical_split, split_of_path
+from pactmerge.datamodules.hub import load_splits
+from pactmerge.datamodules.sources import SourceSpec, split_of_path
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -205,24 +206,11 @@ def hf_labels(ds, column: str, classnames: Sequence[str], where: str, aliases: d
     return labels
 
 
-def hf_load(spec: SourceSpec, cache_dir: str | None):
-    """Load a ``DatasetDict`` for hub/parquet/arrow/disk sources; DataError with the fix when it fails."""
-    import datasets
-
+def hf_load(spec: SourceSpec, cache_dir: str | None) -> dict:
+    """``{split: datasets.Dataset}`` of the splits the task uses (hub/parquet/arrow/disk sources; no
+    other split is opened, see :mod:`hub`); DataError with the fix when it fails."""
     try:
-        if spec.kind == "hub":
-            return datasets.load_dataset(spec.location, spec.name)
-        if spec.kind == "disk":
-            return datasets.load_from_disk(spec.location)
-        root = Path(spec.location)
-        files: dict[str, list[str]] = {}
-        for f in sorted(root.rglob(f"*.{spec.kind}")):
-            split = split_of_path(f.relative_to(root))
-            if split is None:
-                raise DataError(f"{f}: cannot tell its split; put 'train', 'test' or 'validation' in its file or folder name")
-            files.setdefault(split, []).append(str(f))
-        hf_cache = str(Path(cache_dir) / "hf") if cache_dir else None
-        return datasets.load_dataset(spec.kind, data_files=files, cache_dir=hf_cache)
+        return load_splits(spec, cache_dir)
     except DataError:
         raise
     except Exception as exc:
@@ -237,18 +225,11 @@ def hf_load(spec: SourceSpec, cache_dir: str | None):
 
 def hf_splits(spec: SourceSpec, classnames, prefix: str, cache_dir: str | None,
               aliases: dict[str, str] | None = None) -> dict[str, RawSplit]:
-    import datasets
-
-    dd, logged = hf_load(spec, cache_dir), set()
-    if isinstance(dd, datasets.Dataset):
-        raise DataError(f"{spec.location}: holds a single Dataset; save a DatasetDict with train and test splits")
-    out = {}
-    for split, ds in dd.items():
+    out, logged = {}, set()
+    for split, ds in hf_load(spec, cache_dir).items():
         where = f"{spec.location} split {split!r}"
         if spec.image_column not in ds.column_names:
             raise DataError(f"{where}: no image column {spec.image_column!r}; columns are {ds.column_names}")
         labels = hf_labels(ds, spec.label_column, classnames, where, aliases, logged)
-        out[canonical_split(split) if spec.kind in ("parquet", "arrow") else split] = HFSplit(
-            f"{prefix}/{split}", ds, spec.image_column, labels
-        )
+        out[split] = HFSplit(f"{prefix}/{split}", ds, spec.image_column, labels)
     return out

@@ -12,8 +12,9 @@ A source is one of
 - ``idx``: a directory of MNIST-format IDX files (``train-images-idx3-ubyte[.gz]`` ...);
 - ``offline``: a loader built into pactmerge for data installed from a package registry.
 
-User overrides are strings: ``hf:owner/name[:config]``, ``owner/name``, ``offline:<name>`` or a
-local directory path.
+User overrides are strings: ``hf:owner/name[:config]``, ``owner/name``, ``offline:<name>``, a
+local directory path, or ``hf:/local/dir[:config]`` for a local folder laid out like a hub dataset
+repository (card and data files), read exactly as the hub id would be.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def parse_source(text: str, default: SourceSpec | None = None) -> SourceSpec:
         return SourceSpec("offline", text.split(":", 1)[1])
     if text.startswith("hf:"):
         loc, _, name = text[3:].partition(":")
-        return hub(loc, name=name or None)
+        return _hub_override(loc, name or None, default)
     path = Path(text).expanduser()
     if path.is_dir():
         kind = detect_local_kind(path)
@@ -91,11 +92,23 @@ def parse_source(text: str, default: SourceSpec | None = None) -> SourceSpec:
         return spec
     if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
         loc, _, name = text.partition(":")
-        return hub(loc, name=name or None)
+        return _hub_override(loc, name or None, default)
     raise DataError(
         f"data source {text!r}: no such directory, and not a Hugging Face dataset id (owner/name) "
         "nor offline:<name>. Give an existing ImageFolder/parquet/arrow/IDX directory or a hub id."
     )
+
+
+def _hub_override(loc: str, name: str | None, default: SourceSpec | None) -> SourceSpec:
+    """A hub source given by the user. The task's own hub dataset, or a local folder laid out like a
+    hub repository (``hf:/path``: its card and data files, loaded by ``load_dataset`` like the hub
+    id), keeps the split and column names of the task's hub source; another id uses the defaults."""
+    path = Path(loc).expanduser()
+    if default is not None and default.kind == "hub" and (loc == default.location or path.is_dir()):
+        where = str(path) if path.is_dir() else loc
+        return replace(default, location=where, name=name or default.name,
+                       install=default.install if where == default.location else f"the local hub copy {where}")
+    return hub(loc, name=name)
 
 
 def detect_local_kind(path: Path) -> str:
