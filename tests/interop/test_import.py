@@ -43,7 +43,8 @@ def _args(files, *tasks):
 def test_import_both_layouts(files, capsys):
     from pactmerge.checkpoints import CheckpointStore
     from pactmerge.pipeline.config import load_config
-    from pactmerge.pipeline.run import Study
+    from pactmerge.pipeline.context import RunContext
+    from pactmerge.pipeline.rundir import claim
 
     d = files["dir"]
     rc = main(_args(files, f"mnist={d / 'mnist.safetensors'}", f"digits={d / 'digits_hf'}"))
@@ -63,7 +64,7 @@ def test_import_both_layouts(files, capsys):
     assert entry["imported"]["layout"] == "hf" and entry["imported"]["filled_from_pretrained"] == ["proj"]
     assert store.load_head("mnist").shape == (10, files["pre"]["proj"].shape[1])
     # the written config reopens as the same study, so merge / evaluate / report run on it
-    Study(load_config(d / "run" / "config.yaml"))
+    claim(RunContext(load_config(d / "run" / "config.yaml")))
     # importing the same files again keeps the entries
     assert main(_args(files, f"mnist={d / 'mnist.safetensors'}", f"digits={d / 'digits_hf'}")) == 0
     assert "already imported" in capsys.readouterr().out

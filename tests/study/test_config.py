@@ -75,18 +75,19 @@ def test_shipped_benchmark_configs_load_and_name_known_tasks():
 def test_run_recorded_before_an_option_existed_still_matches(tmp_path):
     import json
 
-    from pactmerge.pipeline.run import Study
+    from pactmerge.pipeline.context import RunContext
+    from pactmerge.pipeline.rundir import claim
 
     cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "tasks.names=[digits]"])
-    Study(cfg)
+    claim(RunContext(cfg))
     info_path = tmp_path / "run" / "run.json"
     info = json.loads(info_path.read_text())
     del info["config"]["merge"]["alpha_grid"]  # as written by a version without the option
     del info["identity"]["merge"]["alpha_grid"]
     info_path.write_text(json.dumps(info))
-    Study(cfg)  # same config: accepted
+    claim(RunContext(cfg))  # same config: accepted
     # a finished stage makes the directory worth keeping: another config is refused
     (tmp_path / "run" / "manifest.json").write_text(json.dumps({"format": 1, "identity": None, "entries": {
         "finetuned/digits": {"file": "finetuned/digits.safetensors"}}}))
     with pytest.raises(ConfigError, match=r"differs at: recipe\.lr"):
-        Study(load_config(None, [f"output_dir={tmp_path / 'run'}", "tasks.names=[digits]", "recipe.lr=0.1"]))
+        claim(RunContext(load_config(None, [f"output_dir={tmp_path / 'run'}", "tasks.names=[digits]", "recipe.lr=0.1"])))

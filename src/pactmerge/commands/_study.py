@@ -31,17 +31,9 @@ def load_args_config(args: argparse.Namespace):
 
 
 def open_context(args: argparse.Namespace, tasks=None):
-    """The ``RunContext`` of the command's config: resolved (model; data of ``tasks``, default all),
-    then its run directory claimed."""
-    from pactmerge.pipeline.study import open_study as _open
+    """The ``RunContext`` of the command's config, opened by ``pipeline.study.open_study`` (resolved:
+    the model and the data of ``tasks``, default all; then its run directory claimed)."""
+    from pactmerge.pipeline.study import open_study
 
     cfg, text = load_args_config(args)
-    return _open(cfg, force=args.force, config_text=text, tasks=tasks)
-
-
-def open_study(args: argparse.Namespace):
-    """``open_context`` wrapped in the ``Study`` facade (``.merge()``, ``.evaluate()``, ...)."""
-    from pactmerge.pipeline.run import Study
-
-    ctx = open_context(args)
-    return Study(ctx.cfg, ctx=ctx)
+    return open_study(cfg, force=args.force, config_text=text, tasks=tasks)

@@ -178,9 +178,10 @@ def _run_study_stage(args: argparse.Namespace) -> int:
     """``pactmerge merge CONFIG``: every configured merge of a study, α chosen on validation data."""
     if args.pretrained or args.finetuned or args.out:
         raise ConfigError("give either a run CONFIG (study mode) or --pretrained/--finetuned/--out (file mode), not both")
-    from pactmerge.commands._study import open_study
+    from pactmerge.commands._study import open_context
+    from pactmerge.pipeline.merge_stage import run_merge_stage
 
-    results = open_study(args).merge()
+    results = run_merge_stage(open_context(args))
     for mid, entry in results.items():
         test = entry.get("metrics", {}).get("test", {})
         avg = 100 * sum(test.values()) / max(len(test), 1)

@@ -15,7 +15,7 @@ def log_header(ctx) -> None:
     """What will run and where it writes, before the first stage."""
     import logging
 
-    from pactmerge.pipeline.merge_stage import plan_merges
+    from pactmerge.pipeline.merge_plan import plan_merges
 
     cfg, log = ctx.cfg, logging.getLogger("pactmerge.run")
     parts = [f"{len(ctx.task_keys)} individual fine-tunes of {cfg.recipe.max_steps} steps"]
@@ -30,8 +30,9 @@ def log_header(ctx) -> None:
 
 
 def run(args):
-    from pactmerge.pipeline.context import RunContext, RunLock, claim
-    from pactmerge.pipeline.study import describe, run_study
+    from pactmerge.pipeline.context import RunContext
+    from pactmerge.pipeline.rundir import RunLock
+    from pactmerge.pipeline.study import describe, open_study, run_study
 
     cfg, text = load_args_config(args)
     if args.dry_run:
@@ -39,11 +40,9 @@ def run(args):
         return 0
     from pactmerge.console import attach_run_log
 
-    ctx = RunContext(cfg)
-    log_header(ctx)
-    ctx.resolve()  # a bad model or data source fails before the directory is touched
-    with RunLock(ctx.run_dir):
-        claim(ctx, force=args.force, config_text=text)
+    log_header(RunContext(cfg))
+    with RunLock(cfg.output_dir):  # a bad model or data source fails before the directory is claimed
+        ctx = open_study(cfg, force=args.force, config_text=text)
         attach_run_log(ctx.run_dir)
         table = run_study(ctx)
     print(table)
