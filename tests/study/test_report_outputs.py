@@ -159,3 +159,37 @@ def test_alpha_curves_one_panel_per_method(tmp_path):
     assert (span.get_x(), span.get_x() + span.get_width()) == pytest.approx((1.0, 1.6))
     assert any("at limit" in t.get_text() for t in panels[1].get_legend().get_texts())
     assert (run / "plots" / "alpha_curves.png").stat().st_size > 10_000
+
+
+def test_report_over_seed_replicates_is_the_mean_and_std_of_the_replicates(tmp_path):
+    top = tmp_path / "replicates"
+    for s in (0, 1, 2):
+        make_run(top / f"seed-{s}", seed=s)
+    paths = write_report(top, resamples=200)  # no store of its own: the report over seeds
+    results = json.loads(paths["json"].read_text())
+    assert results["seeds"] == [0, 1, 2] and results["uncertainty"]["of"] == "the mean over seed replicates"
+    per_seed = [{r["name"]: r for r in json.loads((top / f"seed-{s}" / "results.json").read_text())["rows"]}
+                for s in (0, 1, 2)]
+    for row in results["rows"]:
+        vals = [p[row["name"]]["avg_absolute"] for p in per_seed]
+        assert row["avg_seeds"]["n"] == 3
+        assert row["avg_seeds"]["mean"] == pytest.approx(np.mean(vals))
+        assert row["avg_seeds"]["std"] == pytest.approx(np.std(vals, ddof=1))
+        assert row["avg_absolute"] == pytest.approx(np.mean(vals))
+        for t in TASKS:
+            assert row["accuracy"][t] == pytest.approx(np.mean([p[row["name"]]["accuracy"][t] for p in per_seed]))
+        lo, hi = row["avg_ci95"]
+        assert lo <= row["avg_absolute"] <= hi
+    rows = {r["name"]: r for r in results["rows"]}
+    gains = [p["pact+ties"]["avg_absolute"] - p["ties"]["avg_absolute"] for p in per_seed]
+    assert rows["pact+ties"]["gain_seeds"]["mean"] == pytest.approx(np.mean(gains))
+    assert rows["pact+ties"]["gain_seeds"]["std"] == pytest.approx(np.std(gains, ddof=1))
+    assert rows["pact+ties"]["gain_vs_plain"]["mean"] == pytest.approx(np.mean(gains))
+    # the seed mean averages out part of the test-example noise of single replicates: a narrower interval
+    one = per_seed[0]["joint"]["avg_ci95"]
+    assert rows["joint"]["avg_ci95"][1] - rows["joint"]["avg_ci95"][0] <= one[1] - one[0] + 1e-9
+    md = paths["md"].read_text()
+    sd = rows["joint"]["avg_seeds"]
+    assert f"| {100 * sd['mean']:.1f} ± {100 * sd['std']:.1f} (n=3) |" in md and "seeds: mean ± std" in md
+    table = {r["model"]: r for r in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
+    assert float(table["joint"]["seeds_std"]) == pytest.approx(sd["std"]) and table["joint"]["seeds_n"] == "3"

@@ -9,6 +9,21 @@ def add_arguments(parser):
     add_config_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved config, tasks, merges and stage plan; train nothing, write nothing")
+    parser.add_argument("--seeds", type=_seed_list, metavar="S,S,...",
+                        help="seed replicates: run the whole study once per seed, each in OUTPUT_DIR/seed-<s>/, "
+                             "and report mean ± std over seeds (sets the config's seeds)")
+
+
+def _seed_list(text: str) -> list[int]:
+    import argparse
+
+    try:
+        seeds = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integer seeds, e.g. 0,1,2") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed, e.g. 0,1,2")
+    return seeds
 
 
 def log_header(ctx) -> None:
@@ -34,7 +49,11 @@ def run(args):
     from pactmerge.pipeline.rundir import RunLock
     from pactmerge.pipeline.study import describe, open_study, run_study
 
+    if getattr(args, "seeds", None):
+        args.overrides = [*args.overrides, f"seeds={args.seeds}"]
     cfg, text = load_args_config(args)
+    if cfg.seeds and not args.dry_run:
+        return _run_replicates(cfg, text, args)
     if args.dry_run:
         print(describe(RunContext(cfg)))
         return 0
@@ -47,4 +66,15 @@ def run(args):
         table = run_study(ctx)
     print(table)
     print(f"report: {ctx.run_dir}/results.md, results.csv, results.json, plots/")
+    return 0
+
+
+def _run_replicates(cfg, text, args):
+    from pactmerge.console import attach_run_log
+    from pactmerge.pipeline.replicates import run_replicates
+
+    attach_run_log(cfg.output_dir)
+    print(run_replicates(cfg, force=args.force, config_text=text))
+    print(f"report over seeds {', '.join(map(str, cfg.seeds))}: {cfg.output_dir}/results.md, results.csv, "
+          f"results.json; each replicate in {cfg.output_dir}/seed-<s>/")
     return 0

@@ -99,6 +99,9 @@ class ClusterConfig:
 class RunConfig:
     output_dir: str = "runs/offline-default"
     seed: int = 0
+    # seed replicates: the whole study once per seed (seed and recipe.seed set to it), each in
+    # <output_dir>/seed-<s>/, and the report over seeds in output_dir (pipeline.replicates)
+    seeds: list[int] = field(default_factory=list)
     model: ModelSpec = field(default_factory=ModelSpec)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -120,6 +123,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("output_dir")
         d.pop("cluster")
+        d.pop("seeds", None)  # a replicate directory's config has seeds: [] and its own seed
         for k in ("num_workers", "eval_batch_size", "cache_dir"):
             d["data"].pop(k, None)
         d["merge"].pop("device", None)
@@ -210,6 +214,11 @@ def validate(cfg: RunConfig, *, where: str = "config") -> None:
     for key, seed in (("seed", cfg.seed), ("recipe.seed", cfg.recipe.seed), ("data.seed", cfg.data.seed)):
         if not 0 <= seed <= SEED_MAX:
             raise bad(key, f"= {seed} is out of range: use an integer in [0, {SEED_MAX}]")
+    for i, seed in enumerate(cfg.seeds):
+        if not 0 <= seed <= SEED_MAX:
+            raise bad(f"seeds[{i}]", f"= {seed} is out of range: use integers in [0, {SEED_MAX}]")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise bad("seeds", f"= {list(cfg.seeds)} lists a seed twice; list each replicate's seed once")
     r = cfg.recipe
     for key in ("lr", "weight_decay", "grad_clip"):
         v = getattr(r, key)

@@ -184,19 +184,30 @@ def _gain(g: dict[str, Any] | None) -> str:
     return "" if not g else f"{100 * g['mean']:+.1f} [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]"
 
 
+def _spread_cell(sd: dict[str, Any] | None, signed: bool = False) -> str:
+    if not sd:
+        return ""
+    mean = f"{100 * sd['mean']:+.1f}" if signed else f"{100 * sd['mean']:.1f}"
+    return mean + ("" if sd.get("std") is None else f" ± {100 * sd['std']:.1f}") + f" (n={sd['n']})"
+
+
 def markdown_table(rows: list[dict[str, Any]], tasks: list[str], uncertainty: dict[str, Any] | None = None) -> str:
     """The results table; with ``uncertainty`` (``add_intervals``'s record) the average carries its interval
-    and ``pact+`` rows their paired gain, with a note on how they were computed."""
+    and ``pact+`` rows their paired gain, with a note on how they were computed. Rows over seed
+    replicates (``avg_seeds``, ``gain_seeds``) add their mean ± std over seeds next to them."""
     seeds = any(r.get("avg_seeds") for r in rows)
-    head = ["model", *tasks, "avg abs.", *(["seeds mean ± std"] if seeds else []), "avg norm.",
-            "gain vs plain [95% CI]", "α"]
+    head = ["model", *tasks, "avg abs.", *(["seeds: mean ± std"] if seeds else []), "avg norm.",
+            "gain vs plain [95% CI]", *(["gain, seeds: mean ± std"] if seeds else []), "α"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        sd = r.get("avg_seeds")
+        alpha = r.get("alpha")
+        alpha_cell = "" if alpha is None else f"{alpha:.2f}"
+        if r.get("alpha_seeds"):
+            alpha_cell = ", ".join(f"{float(a):.2f}" for a in r["alpha_seeds"].values())
         cells = [r["name"], *(_pct(r["accuracy"].get(t)) for t in tasks), _pm(r["avg_absolute"], r.get("avg_ci95")),
-                 *([f"{100 * sd['mean']:.1f} ± {100 * sd['std']:.1f}" if sd else ""] if seeds else []),
-                 _pct(r["avg_normalized"]), _gain(r.get("gain_vs_plain")),
-                 "" if r.get("alpha") is None else f"{r['alpha']:.2f}"]
+                 *([_spread_cell(r.get("avg_seeds"))] if seeds else []), _pct(r["avg_normalized"]),
+                 _gain(r.get("gain_vs_plain")), *([_spread_cell(r.get("gain_seeds"), True)] if seeds else []),
+                 alpha_cell]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if uncertainty:
@@ -204,11 +215,16 @@ def markdown_table(rows: list[dict[str, Any]], tasks: list[str], uncertainty: di
                  f"paired on the same test examples ({uncertainty['resamples']} bootstrap resamples of the test "
                  f"examples within each task, seed {uncertainty['seed']}).")
         if seeds:
-            text += " seeds mean ± std: over the seed replicates (sample std)."
+            text += (" Over seed replicates: accuracies and intervals are those of the mean over seeds; "
+                     "seeds: mean ± sample std over the replicates (n of them); α: each replicate's.")
         if uncertainty.get("note"):
             text += f" Note: {uncertainty['note']}."
         text += "\n"
     return text
+
+
+def _blank(x: Any) -> Any:
+    return "" if x is None else x
 
 
 def csv_text(rows: list[dict[str, Any]], tasks: list[str]) -> str:
@@ -216,14 +232,16 @@ def csv_text(rows: list[dict[str, Any]], tasks: list[str]) -> str:
     w = csv.writer(buf)
     w.writerow(["model", "kind", *tasks, "avg_absolute", "avg_normalized", "alpha", "alpha_evaluations",
                 "avg_ci95_lo", "avg_ci95_hi", "gain_vs_plain", "gain_ci95_lo", "gain_ci95_hi",
-                "seeds_n", "seeds_mean", "seeds_std"])
+                "seeds_n", "seeds_mean", "seeds_std", "gain_seeds_mean", "gain_seeds_std"])
     for r in rows:
         evals = (r.get("alpha_search") or {}).get("evaluations", "")
         ci, g, sd = r.get("avg_ci95") or ["", ""], r.get("gain_vs_plain") or {}, r.get("avg_seeds") or {}
+        gs = r.get("gain_seeds") or {}
         w.writerow([r["name"], r["kind"], *(r["accuracy"].get(t, "") for t in tasks), r["avg_absolute"],
                     "" if r["avg_normalized"] is None else r["avg_normalized"],
                     "" if r.get("alpha") is None else r["alpha"], evals, *ci, g.get("mean", ""),
-                    *(g.get("ci95") or ["", ""]), sd.get("n", ""), sd.get("mean", ""), sd.get("std", "")])
+                    *(g.get("ci95") or ["", ""]), sd.get("n", ""), sd.get("mean", ""), _blank(sd.get("std")),
+                    gs.get("mean", ""), _blank(gs.get("std"))])
     return buf.getvalue()
 
 
@@ -275,6 +293,9 @@ def write_outputs(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str], u
         results["timings"] = json.loads((run_dir / "timings.json").read_text())["stages"]
     prov = read_provenance(run_dir)
     table = markdown_table(rows, tasks, uncertainty)
+    from pactmerge.pipeline.published import add_published
+
+    table += add_published(run_dir, rows)  # the published column and the difference, when the config has one
     if prov:
         results["provenance"] = prov
         from pactmerge.provenance import footer
