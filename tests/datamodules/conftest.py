@@ -26,3 +26,11 @@ def imagefolder(tmp_path) -> Path:
 @pytest.fixture
 def parquet_dir(tmp_path) -> Path:
     return make_parquet(tmp_path / "pq")
+
+
+@pytest.fixture(scope="session")
+def hub_sources(tmp_path_factory) -> dict[str, str]:
+    """Hub-shaped fixtures of the 20 benchmark tasks (``hub_fixtures``), built once per session."""
+    from hub_fixtures import build
+
+    return build(tmp_path_factory.mktemp("hub_fixtures"))
