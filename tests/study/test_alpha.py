@@ -1,42 +1,99 @@
-"""α selection: coarse-to-fine finds the grid optimum of unimodal curves with fewer evaluations."""
+"""α search (``pipeline.alpha``) on hand-made score curves: the lattice maximum of unimodal curves
+with fewer evaluations than the lattice, widening when the best α is on an edge, ``at_limit`` at
+a hard bound, ties to the smaller α, and the record the report reads."""
 
 import numpy as np
 import pytest
 
-from pactmerge.pipeline.merge_stage import search_alpha
+from pactmerge.pipeline.alpha import search_alpha
 
 GRID = [round(0.1 * i, 1) for i in range(21)]  # 0.0 .. 2.0, the specification's default
+TA_GRID = [round(0.05 * i, 2) for i in range(1, 21)]  # 0.05 .. 1.0 (Task Arithmetic, TIES)
 
 
-@pytest.mark.parametrize("peak", [0.0, 0.3, 0.7, 1.15, 1.6, 2.0])
-def test_coarse_to_fine_matches_full_grid_on_unimodal_curves(peak):
+def _counted(fn):
     calls = []
 
     def score(a):
         calls.append(a)
-        return -abs(a - peak)
+        return fn(a)
 
-    full = search_alpha(lambda a: -abs(a - peak), GRID, "grid")
-    fast = search_alpha(score, GRID, "coarse_to_fine")
-    assert fast.best_alpha == full.best_alpha
-    assert fast.evaluations == len(calls) == len(set(calls))
-    assert fast.evaluations < len(GRID)
-    assert full.evaluations == len(GRID)
+    return score, calls
+
+
+@pytest.mark.parametrize("peak", [0.3, 0.7, 1.15, 1.6, 1.85])
+def test_unimodal_interior_peak_is_found_on_the_005_lattice_with_few_evaluations(peak):
+    score, calls = _counted(lambda a: -abs(a - peak))
+    res = search_alpha(score, GRID, "coarse_to_fine", bounds=(0.0, 4.0))
+    assert res.chosen == peak and res.score == pytest.approx(0.0, abs=1e-12)
+    assert not res.widened and not res.at_limit and res.range == (0.0, 2.0)
+    assert res.evaluations == len(calls) == len(set(calls)) <= 13  # the 0.05 lattice holds 41 points
+    assert res.chosen in res.curve
+
+
+def test_peak_beyond_the_upper_edge_widens_until_it_is_interior():
+    score, calls = _counted(lambda a: -(a - 2.7) ** 2)
+    res = search_alpha(score, GRID, "coarse_to_fine", bounds=(0.0, 4.0))
+    assert res.widened and not res.at_limit
+    assert res.chosen == 2.7
+    lo, hi = res.range
+    assert lo == 0.0 and 2.7 < hi <= 4.0
+    assert max(res.curve) == hi and res.curve[hi] < res.score  # the new edge is worse: the best is interior
+    rec = res.record()
+    assert rec["grid"] == GRID and rec["range"] == [lo, hi] and rec["hard_bounds"] == [0.0, 4.0]
+    assert rec["widened"] is True and rec["at_limit"] is False and rec["chosen"] == 2.7
+    assert rec["curve"]["2.7"] == 0.0 and rec["evaluations"] == len(rec["curve"]) == len(calls)
+
+
+def test_peak_below_the_lower_edge_widens_down_to_the_bound():
+    # Task Arithmetic's grid starts at 0.05; a curve peaking at 0.0 widens to the bound 0.0
+    res = search_alpha(lambda a: -abs(a - 0.0), TA_GRID, "coarse_to_fine", bounds=(0.0, 3.0))
+    assert res.widened and res.range[0] == 0.0 and res.chosen == 0.0
+    assert res.at_limit  # still on an edge, and that edge is the method's hard bound
+
+
+def test_monotone_curve_stops_at_the_hard_bound():
+    score, calls = _counted(lambda a: a)
+    res = search_alpha(score, GRID, "coarse_to_fine", bounds=(0.0, 4.0))
+    assert res.chosen == 4.0 and res.range == (0.0, 4.0)
+    assert res.widened and res.at_limit
+    assert max(calls) == 4.0  # never evaluated beyond the bound
+    # a bound the initial grid already reaches: no widening, at_limit all the same
+    res = search_alpha(lambda a: a, GRID, "coarse_to_fine", bounds=(0.0, 2.0))
+    assert res.chosen == 2.0 and not res.widened and res.at_limit
+
+
+def test_grid_mode_widens_with_the_grids_step_and_evaluates_every_point():
+    res = search_alpha(lambda a: -abs(round(a * 20) - 47), GRID, "grid", bounds=(0.0, 4.0))  # peak 2.35
+    assert res.widened and not res.at_limit and res.range == (0.0, 4.0)
+    assert sorted(res.curve) == [round(0.1 * i, 1) for i in range(41)]
+    assert res.chosen == 2.3  # 2.3 and 2.4 tie at the grid step: the smaller α
+
+
+def test_grid_and_coarse_to_fine_agree_on_unimodal_curves():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        peak, width = float(rng.uniform(0.0, 2.0)), float(rng.uniform(0.2, 2.0))
+        fn = lambda a: -((a - peak) / width) ** 2  # noqa: E731
+        fine = search_alpha(fn, GRID, "grid", bounds=(0.0, 2.0), resolution=0.05)
+        fast = search_alpha(fn, GRID, "coarse_to_fine", bounds=(0.0, 2.0))
+        assert fast.chosen == fine.chosen and fast.evaluations < fine.evaluations
 
 
 def test_ties_go_to_the_smaller_alpha():
-    res = search_alpha(lambda a: 1.0, GRID, "grid")
-    assert res.best_alpha == 0.0
+    assert search_alpha(lambda a: 1.0, GRID, "grid").chosen == 0.0
+    assert search_alpha(lambda a: 1.0, GRID, "coarse_to_fine", bounds=(0.0, 4.0)).chosen == 0.0
 
 
-def test_fixed_mode_evaluates_once():
+def test_fixed_mode_and_single_point_grids_evaluate_once():
     res = search_alpha(lambda a: a, GRID, "fixed", fixed=0.3)
-    assert res.best_alpha == 0.3 and res.evaluations == 1
+    assert res.chosen == 0.3 and res.evaluations == 1 and not res.widened and not res.at_limit
+    res = search_alpha(lambda a: a, [1.0], "coarse_to_fine", bounds=(1.0, 1.0))
+    assert res.chosen == 1.0 and res.evaluations == 1 and res.record()["mode"] == "fixed"
 
 
-def test_curve_is_recorded_sorted():
-    rng = np.random.default_rng(0)
-    vals = {a: float(rng.random()) for a in GRID}
-    res = search_alpha(vals.__getitem__, GRID, "grid")
-    assert list(res.curve) == sorted(res.curve)
-    assert res.best_score == max(vals.values())
+def test_unknown_mode_and_empty_grid_are_refused():
+    with pytest.raises(ValueError, match="unknown alpha search mode"):
+        search_alpha(lambda a: a, GRID, "golden")
+    with pytest.raises(ValueError, match="empty alpha grid"):
+        search_alpha(lambda a: a, [], "grid")

@@ -1,4 +1,5 @@
-"""The merge stage's planning (parameter namespaces, ``methods: all``) and its α scoring."""
+"""The merge stage's planning (parameter namespaces, ``methods: all``), its α search on validation
+data and the evaluation path it shares with the evaluate stage (predictions per example)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import pytest
 
 from pactmerge.merging import available_methods
 from pactmerge.pipeline.config import MergeConfig, load_config
-from pactmerge.pipeline.merge_stage import PlannedMerge, choose_alpha, expand_methods, plan_merges, resolved_params
+from pactmerge.pipeline.merge_stage import PlannedMerge, expand_methods, plan_merges, resolved_params
 
 
 def test_methods_all_is_every_base_method():
     assert expand_methods("all") == [m for m in available_methods() if "+" not in m]
-    assert expand_methods(["tsvm", "all"])[0] == "tsvm" and len(expand_methods(["tsvm", "all"])) == 6
+    bases = [m for m in available_methods() if "+" not in m]
+    assert expand_methods(["tsvm", "all"])[0] == "tsvm" and len(expand_methods(["tsvm", "all"])) == len(bases)
 
 
 def test_parameters_reach_the_namespace_they_name():
@@ -34,43 +36,64 @@ def test_parameters_reach_the_namespace_they_name():
 
 def test_config_says_methods_all(tmp_path):
     cfg = load_config(None, ["merge.methods=all", f"output_dir={tmp_path}"])
-    assert len(plan_merges(cfg.merge)) == 6 * len(cfg.merge.pact)
+    assert len(plan_merges(cfg.merge)) == len(expand_methods("all")) * len(cfg.merge.pact)
 
 
-def test_choose_alpha_confirms_the_subset_winners_on_the_full_split():
-    grid = [round(0.1 * i, 1) for i in range(21)]
-    sub_calls, full_calls = [], []
+def test_predictions_round_trip_as_int16_per_task(tmp_path):
+    import numpy as np
 
-    def subset(a):  # noisy: peaks at 0.9
-        sub_calls.append(a)
-        return -abs(a - 0.9)
+    from pactmerge.pipeline.evaluate import accuracy, load_predictions, predictions_path, save_predictions
 
-    def full(a):  # the truth: 0.8 is best
-        full_calls.append(a)
-        return -abs(a - 0.8)
-
-    choice = choose_alpha(full, grid, "coarse_to_fine", subset=subset, confirm=3, subset_size=128)
-    assert sorted(full_calls) == [0.8, 0.9, 1.0]  # the subset's best three
-    assert choice.alpha == 0.8 and choice.val_score == 0.0
-    assert choice.search.evaluations == len(sub_calls) < len(grid)
-    rec = choice.record("coarse_to_fine")
-    assert rec["subset_per_task"] == 128 and set(rec["confirmed"]) == {"0.8", "0.9", "1.0"}
-    # without a subset (or a fixed α) the search runs on the full split alone
-    assert choose_alpha(full, grid, "fixed", subset=subset, fixed=0.3).alpha == 0.3
+    preds = {"mnist": (np.array([3, 1, 4, 1]), np.array([3, 1, 5, 9])), "faces": (np.array([0]), np.array([0]))}
+    path = save_predictions(tmp_path, "merged/pact+tsvm-rsvd", preds)
+    assert path == predictions_path(tmp_path, "merged/pact+tsvm-rsvd") == tmp_path / "predictions" / "merged__pact+tsvm-rsvd.npz"
+    back = load_predictions(tmp_path, "merged/pact+tsvm-rsvd")
+    assert set(back) == {"mnist", "faces"}
+    assert back["mnist"][0].dtype == np.int16 and back["mnist"][0].tolist() == [3, 1, 4, 1]
+    assert back["mnist"][1].tolist() == [3, 1, 5, 9] and accuracy(*back["mnist"]) == 0.5
+    with pytest.raises(FileNotFoundError, match="pactmerge evaluate"):
+        load_predictions(tmp_path, "joint")
 
 
 @pytest.mark.slow
-def test_full_score_from_subset_counts_equals_a_full_evaluation(tiny_config):
+def test_merges_are_searched_on_validation_and_evaluated_by_the_evaluate_stage(tiny_config):
+    import numpy as np
+
     from pactmerge.pipeline import stages
-    from pactmerge.pipeline.merge_stage import _Scorer
+    from pactmerge.pipeline.evaluate import Evaluator, accuracy, evaluate_encoder, load_predictions
+    from pactmerge.pipeline.merge_stage import run_merge_stage
     from pactmerge.pipeline.study import open_study
 
-    ctx = open_study(load_config(tiny_config()))
+    ctx = open_study(load_config(tiny_config(**{"comparisons__joint": False, "comparisons__sequential": False})))
     stages.prepare(ctx)
-    state = ctx.store.load_state("pretrained")
-    scorer = _Scorer(ctx, subset_size=10)
-    assert all(len(scorer.subsets[t]) + len(scorer.rests[t]) == len(dm.datasets["val"])
-               for t, dm in scorer.dms.items())
-    scorer.subset_score(0.5, state)
-    accs = scorer.accuracies(state, "val", scorer.dms)
-    assert scorer.full_score(0.5, state) == sum(accs.values()) / len(accs)
+    for t in ctx.task_keys:
+        stages.finetune_individual(ctx, t)
+    # the cached evaluation path gives the data modules' own answer
+    state = ctx.store.load_state("finetuned/digits")
+    loaded = ctx.loaded
+    direct = evaluate_encoder(loaded.encoder, state, ctx.heads(), ctx.datamodules(), split="val",
+                              logit_scale=loaded.logit_scale, device="cpu", precision=ctx.evaluator().precision)
+    assert ctx.accuracies(state, split="val") == direct == ctx.accuracies(state, split="val")
+    assert Evaluator(ctx, cache_bytes=0).accuracies(state, split="val") == direct
+
+    results = run_merge_stage(ctx)
+    assert set(results) == {p.id for p in plan_merges(ctx.cfg.merge)}
+    for mid, entry in results.items():
+        search = entry["alpha_search"]
+        assert entry["alpha"] == search["chosen"] and str(entry["alpha"]) in search["curve"]
+        assert entry["metrics"]["val_avg"] == search["curve"][str(entry["alpha"])]
+        assert "test" not in entry["metrics"]  # the evaluate stage measures test accuracy
+        lo, hi = search["range"]
+        assert search["hard_bounds"][0] <= lo <= min(search["grid"]) and max(search["grid"]) <= hi
+        assert search["at_limit"] or search["mode"] == "fixed" or lo < entry["alpha"] < hi
+
+    assert stages.evaluate(ctx) is True
+    for name, tasks in stages.evaluation_plan(ctx):
+        preds = load_predictions(ctx.run_dir, name)
+        assert set(preds) == set(tasks)
+        test = ctx.store.entry(name)["metrics"]["test"]
+        for t, (pred, label) in preds.items():
+            assert accuracy(pred, label) == test[t]
+            assert np.array_equal(label, np.asarray(ctx.datamodule(t).datasets["test"].labels, dtype=np.int16))
+    assert any(n.startswith("merged/") for n, _ in stages.evaluation_plan(ctx))
+    assert stages.evaluate(ctx) is False  # all evaluated: nothing to do

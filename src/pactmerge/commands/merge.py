@@ -182,10 +182,10 @@ def _run_study_stage(args: argparse.Namespace) -> int:
     from pactmerge.pipeline.merge_stage import run_merge_stage
 
     results = run_merge_stage(open_context(args))
-    for mid, entry in results.items():
-        test = entry.get("metrics", {}).get("test", {})
-        avg = 100 * sum(test.values()) / max(len(test), 1)
-        print(f"{mid:28s} alpha={entry.get('alpha')}  test avg {avg:.1f}%")
+    for mid, entry in results.items():  # test accuracy: `pactmerge evaluate CONFIG`
+        val = entry.get("metrics", {}).get("val_avg")
+        print(f"{mid:28s} alpha={entry.get('alpha')}  validation avg "
+              + ("—" if val is None else f"{100 * val:.1f}%"))
     return 0
 
 

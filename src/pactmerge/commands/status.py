@@ -97,7 +97,7 @@ def collect(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
     for stage, names in merge_plan.stage_entries(cfg, tasks, info.get("merges")):
         rows = [entry(n) for n in names]
         stages.append({"stage": _SHOWN.get(stage, stage), "state": _stage_state(rows), "entries": rows})
-    stages.append(_evaluate_stage(entries, merge_plan.evaluation_entries(cfg, tasks)))
+    stages.append(_evaluate_stage(entries, merge_plan.evaluation_entries(cfg, tasks, info.get("merges"))))
     report = run_dir / "results.json"
     stages.append({"stage": "report", "state": "done" if report.is_file() else "to do", "entries": []})
     if lock["state"] == "held":

@@ -74,6 +74,9 @@ class MergeConfig:
     # (0.0..2.0 step 0.1; 0.05..1.0 step 0.05 for TA and TIES)
     alpha_grid: list[float] | None = None
     device: str = "auto"
+    # precision of every evaluation's forward pass (pipeline.evaluate): "auto" (bf16 on CUDA and on
+    # CPUs with native bf16 instructions, float32 elsewhere), "32" or "bf16"
+    eval_precision: Literal["auto", "32", "bf16"] = "auto"
 
 
 @dataclass

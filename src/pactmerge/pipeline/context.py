@@ -62,6 +62,7 @@ class RunContext:
         self._store = None
         self._datamodules: dict[str, Any] = {}
         self._heads: dict[str, Any] | None = None
+        self._evaluator = None
 
     # -- tasks ----------------------------------------------------------------------------------
     @property
@@ -157,6 +158,26 @@ class RunContext:
                                  "(any of `pactmerge run|finetune|evaluate CONFIG`) first")
             self._heads = {t: self.store.load_head(t) for t in self.task_keys}
         return self._heads
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluator(self):
+        """The study's one evaluation path (``pipeline.evaluate.Evaluator``), built on first use."""
+        if self._evaluator is None:
+            from pactmerge.pipeline.evaluate import Evaluator
+
+            self._evaluator = Evaluator(self)
+        return self._evaluator
+
+    def accuracies(self, state: Any, tasks: Iterable[str] | None = None, split: str = "test",
+                   subset: int | None = None) -> dict[str, float]:
+        """Top-1 accuracy per task (default: the run's tasks) of the encoder with ``state`` loaded, on
+        ``split`` (``val``/``test``) or on a seeded subset of ``subset`` examples per task."""
+        return self.evaluator().accuracies(state, tasks, split, subset)
+
+    def predictions(self, state: Any, tasks: Iterable[str] | None = None, split: str = "test",
+                    subset: int | None = None) -> dict[str, Any]:
+        """Task -> (predicted class, true label) per example, as ``accuracies`` evaluates them."""
+        return self.evaluator().predictions(state, tasks, split, subset)
 
     # -- resolution ------------------------------------------------------------------------------
     def resolve(self, tasks: Iterable[str] | None = None) -> "RunContext":

@@ -1,15 +1,32 @@
-"""Evaluation of image encoders with frozen per-task heads: top-1 accuracy per task.
+"""Evaluation of image encoders with frozen per-task heads: predictions and top-1 accuracy per task.
 
 Metrics follow the specification: per-task top-1 accuracy, the absolute average over tasks,
 and the normalized accuracy (accuracy ÷ the task's individually fine-tuned accuracy,
 averaged over tasks).
+
+One path: ``predict_encoder`` classifies every example of a split (or of a seeded subset);
+``evaluate_encoder`` reduces its predictions to accuracies. Inside a study, ``Evaluator`` (one
+per ``RunContext``, ``ctx.evaluator()``) serves both the α search (validation split) and the
+evaluate stage (test split): it keeps each task split's finished input batches (decoded,
+resized, normalised) after their first pass, so every later evaluation of that split only runs
+the encoder. The evaluate stage writes each model's test predictions to
+``RUN_DIR/predictions/<entry with '/' -> '__'>.npz`` (``pred__<task>``, ``label__<task>``: int16 in
+split order), read back by ``load_predictions``.
+
+Precision (``merge.eval_precision``): ``bf16`` runs the encoder's forward pass under bf16
+autocast (heads and the argmax in float32); ``auto`` means bf16 on CUDA and on CPUs with native
+bf16 instructions (``avx512_bf16`` / ``amx_bf16``), float32 elsewhere. On the CPU the encoder
+and its inputs are channels-last during an evaluation (oneDNN's fast layout for convolutions).
+docs/reproducibility.md says what bf16 does to the digits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -20,15 +37,62 @@ from pactmerge.pipeline.heads import head_logits
 
 log = logging.getLogger(__name__)
 
+PREDICTIONS_DIR = "predictions"
+INPUT_CACHE_BYTES = 1 << 30  # finished input batches an Evaluator keeps (beyond: re-read from the loaders)
+PRECISIONS = ("auto", "32", "bf16")
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 instructions (Linux ``/proc/cpuinfo`` flags; False when unknown)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"32"`` or ``"bf16"`` for ``precision`` (``auto``: see the module docstring) on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"evaluation precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "32"
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
+def finished_batches(dm: Any, split: str, device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) batches of ``dm``'s ``split`` (``val``/``test``) on ``device``, finished by its
+    ``gpu_transform``, in split order; channels-last on the CPU."""
+    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+    for batch in loader:
+        batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        batch = dm.gpu_transform(batch, train=False)
+        images = batch["images"]
+        if device.type == "cpu" and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield images, batch["labels"]
+
+
+class CachedSplit:
+    """A task split's finished batches kept in memory: usable wherever a data module is (``batches``)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches = batches
+        self.nbytes = sum(x.nbytes + y.nbytes for x, y in batches)
+
+    def __len__(self) -> int:
+        return sum(len(y) for _, y in self.batches)
+
+
 @torch.no_grad()
-def evaluate_encoder(
+def predict_encoder(
     encoder: nn.Module,
     state: Mapping[str, torch.Tensor] | None,
     heads: Mapping[str, torch.Tensor],
@@ -37,46 +101,62 @@ def evaluate_encoder(
     split: str = "test",
     logit_scale: float = 100.0,
     device: str = "auto",
+    precision: str = "auto",
     progress: bool = False,
-) -> dict[str, float]:
-    """Top-1 accuracy in [0, 1] of ``encoder`` (with ``state`` loaded when given) for every task.
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Task -> (predicted class, true label) per example of ``split``, in split order (int64 arrays),
+    for ``encoder`` (with ``state`` loaded when given).
 
-    ``heads[task]`` is the frozen (C, D) classifier; ``datamodules[task]`` a set-up
-    ``TaskDataModule`` whose ``val_dataloader`` / ``test_dataloader`` yields
-    ``{"images", "labels", "task"}`` batches and whose ``gpu_transform`` finishes them on the
-    device. On CUDA the forward pass runs under bf16 autocast.
+    ``heads[task]`` is the frozen (C, D) classifier; ``datamodules[task]`` a set-up ``TaskDataModule``
+    (``val_dataloader`` / ``test_dataloader`` yielding ``{"images", "labels", "task"}`` batches that
+    its ``gpu_transform`` finishes on the device), a ``SplitSubset``, or a ``CachedSplit``.
     """
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     if state is not None:
         encoder.load_state_dict(dict(state), strict=True)
     was_training = encoder.training
+    channels_last = dev.type == "cpu"
     encoder.to(dev).eval()
-    results: dict[str, float] = {}
+    if channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
         for task, dm in datamodules.items():
             head = heads[task].to(dev, torch.float32)
-            loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+            batches = dm.batches if isinstance(dm, CachedSplit) else finished_batches(dm, split, dev)
             if progress:
                 from tqdm.auto import tqdm
 
-                loader = tqdm(loader, desc=f"eval {task} ({split})", leave=False)
-            correct = total = 0
-            for batch in loader:
-                batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                batch = dm.gpu_transform(batch, train=False)
-                with _autocast(dev):
-                    feats = encoder(batch["images"])
-                logits = head_logits(feats.float(), head, logit_scale)
-                correct += (logits.argmax(-1) == batch["labels"]).sum().item()
-                total += batch["labels"].numel()
-            if total == 0:
+                batches = tqdm(batches, desc=f"eval {task} ({split})", leave=False)
+            preds, labels = [], []
+            for images, y in batches:
+                with _autocast(dev, prec):
+                    feats = encoder(images)
+                preds.append(head_logits(feats.float(), head, logit_scale).argmax(-1).cpu())
+                labels.append(y.cpu())
+            if not labels or sum(len(y) for y in labels) == 0:
                 raise ValueError(f"task {task!r}: the {split} split is empty")
-            results[task] = correct / total
+            out[task] = (torch.cat(preds).numpy(), torch.cat(labels).numpy())
     finally:
+        if channels_last:
+            encoder.to(memory_format=torch.contiguous_format)
         encoder.train(was_training)
-    return results
+    return out
+
+
+def accuracy(pred: np.ndarray, label: np.ndarray) -> float:
+    """Top-1 accuracy in [0, 1]: correct predictions over examples."""
+    return int((np.asarray(pred) == np.asarray(label)).sum()) / len(label)
+
+
+def evaluate_encoder(encoder: nn.Module, state: Mapping[str, torch.Tensor] | None, heads: Mapping[str, torch.Tensor],
+                     datamodules: Mapping[str, object], **kwargs: Any) -> dict[str, float]:
+    """Top-1 accuracy in [0, 1] per task: ``predict_encoder`` (same arguments) reduced by ``accuracy``."""
+    preds = predict_encoder(encoder, state, heads, datamodules, **kwargs)
+    return {task: accuracy(p, y) for task, (p, y) in preds.items()}
 
 
 def summarize(accs: Mapping[str, float], reference: Mapping[str, float] | None = None) -> dict[str, float | None]:
@@ -90,9 +170,80 @@ def summarize(accs: Mapping[str, float], reference: Mapping[str, float] | None =
     return out
 
 
+class Evaluator:
+    """The evaluation path of a study (see the module docstring): ``predictions`` / ``accuracies`` of an
+    encoder state on tasks of the run, on a split or on a seeded subset of it (``subset`` examples
+    per task, as ``SplitSubset`` draws them with the run's seed)."""
+
+    def __init__(self, ctx: Any, *, cache_bytes: int = INPUT_CACHE_BYTES) -> None:
+        self.ctx = ctx
+        self.device = resolve_device(ctx.cfg.merge.device)
+        self.precision = resolve_precision(getattr(ctx.cfg.merge, "eval_precision", "auto"), self.device)
+        self.cache_bytes = cache_bytes
+        self._inputs: dict[tuple[str, str, int | None], Any] = {}
+
+    def inputs(self, task: str, split: str, subset: int | None = None) -> Any:
+        """The examples of ``task``'s ``split`` (or subset): a ``CachedSplit`` once they fit the cache."""
+        key = (task, split, subset)
+        if key not in self._inputs:
+            dm = self.ctx.datamodule(task)
+            source = dm if subset is None else SplitSubset(dm, split, subset, self.ctx.cfg.seed)
+            used = sum(c.nbytes for c in self._inputs.values() if isinstance(c, CachedSplit))
+            cached = CachedSplit(list(finished_batches(source, split, self.device)))
+            self._inputs[key] = cached if used + cached.nbytes <= self.cache_bytes else source
+        return self._inputs[key]
+
+    def predictions(self, state: Mapping[str, torch.Tensor] | None, tasks: Iterable[str] | None = None,
+                    split: str = "test", subset: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        loaded = self.ctx.loaded
+        keys = self.ctx.task_keys if tasks is None else list(tasks)
+        heads = self.ctx.heads()
+        return predict_encoder(loaded.encoder, state, {t: heads[t] for t in keys},
+                               {t: self.inputs(t, split, subset) for t in keys}, split=split,
+                               logit_scale=loaded.logit_scale, device=str(self.device), precision=self.precision)
+
+    def accuracies(self, state: Mapping[str, torch.Tensor] | None, tasks: Iterable[str] | None = None,
+                   split: str = "test", subset: int | None = None) -> dict[str, float]:
+        return {t: accuracy(p, y) for t, (p, y) in self.predictions(state, tasks, split, subset).items()}
+
+
+# -- per-example predictions in the run directory ---------------------------------------------------
+def predictions_path(run_dir: str | Path, entry: str) -> Path:
+    return Path(run_dir) / PREDICTIONS_DIR / f"{entry.replace('/', '__')}.npz"
+
+
+def save_predictions(run_dir: str | Path, entry: str, preds: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Write ``preds`` (task -> (pred, label)) as ``predictions/<entry>.npz`` (int16 arrays), atomically."""
+    import io
+
+    from pactmerge.fileio import write_bytes_atomic
+
+    arrays = {}
+    for task, (pred, label) in preds.items():
+        arrays[f"pred__{task}"] = np.asarray(pred).astype(np.int16)
+        arrays[f"label__{task}"] = np.asarray(label).astype(np.int16)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    path = predictions_path(run_dir, entry)
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def load_predictions(run_dir: str | Path, entry: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Task -> (predicted class, true label) per test example of ``entry`` (``pretrained``,
+    ``finetuned/<t>``, ``joint``, ``sequential``, ``merged/<id>``), as the evaluate stage wrote them.
+    ``FileNotFoundError`` naming the file when that entry has not been evaluated."""
+    path = predictions_path(run_dir, entry)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no predictions of {entry!r}; run `pactmerge evaluate CONFIG` first")
+    with np.load(path) as data:
+        tasks = [k.split("__", 1)[1] for k in data.files if k.startswith("pred__")]
+        return {t: (data[f"pred__{t}"], data[f"label__{t}"]) for t in tasks}
+
+
 class SplitSubset:
     """A fixed, seeded subset of one split of a set-up ``TaskDataModule``, usable wherever
-    ``evaluate_encoder`` takes a data module (it has ``val_dataloader`` / ``test_dataloader``
+    ``predict_encoder`` takes a data module (it has ``val_dataloader`` / ``test_dataloader``
     and ``gpu_transform``). ``size`` examples are drawn without replacement by
     ``numpy.random.default_rng(seed)`` from the split's positions and kept in sorted order;
     a split of at most ``size`` examples is used whole. ``complement=True`` gives the other

@@ -118,10 +118,13 @@ def stage_entries(cfg: Any, task_keys: Sequence[str], merge_ids: Sequence[str] |
     return plan + [("merge", [f"merged/{i}" for i in ids])]
 
 
-def evaluation_entries(cfg: Any, task_keys: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """(store entry, tasks) of every non-merged model whose test accuracy the report shows (the merge
-    stage records its merges' own)."""
+def evaluation_entries(cfg: Any, task_keys: Sequence[str], merge_ids: Sequence[str] | None = None
+                       ) -> list[tuple[str, list[str]]]:
+    """(store entry, tasks) of every model whose test accuracy the report shows, merges included
+    (``merge_ids`` when known, else planned from ``cfg.merge``, as in ``stage_entries``)."""
     keys = list(task_keys)
     plan: list[tuple[str, list[str]]] = [("pretrained", keys)] if cfg.comparisons.zero_shot else []
     plan += [(f"finetuned/{t}", [t]) for t in keys]
-    return plan + [(n, keys) for n in ("joint", "sequential") if getattr(cfg.comparisons, n)]
+    plan += [(n, keys) for n in ("joint", "sequential") if getattr(cfg.comparisons, n)]
+    ids = [p.id for p in plan_merges(cfg.merge)] if merge_ids is None else list(merge_ids)
+    return plan + [(f"merged/{i}", keys) for i in ids]

@@ -114,32 +114,44 @@ def finetune_sequential(ctx: RunContext) -> bool:
 
 
 def evaluation_plan(ctx: RunContext) -> list[tuple[str, list[str]]]:
-    """(store entry, tasks) of every non-merged model whose test accuracy the report shows
-    (``merge_plan.evaluation_entries``, which ``pactmerge status`` reads too)."""
+    """(store entry, tasks) of every model whose test accuracy the report shows: the planned ones
+    (``merge_plan.evaluation_entries``, which ``pactmerge status`` reads too, merges included), then
+    any other merged entry of the store (AdaMerging's)."""
     from pactmerge.pipeline.merge_plan import evaluation_entries
 
-    return evaluation_entries(ctx.cfg, ctx.task_keys)
+    plan = evaluation_entries(ctx.cfg, ctx.task_keys)
+    planned = {name for name, _ in plan}
+    return plan + [(n, ctx.task_keys) for n in ctx.store.names("merged/") if n not in planned]
+
+
+def _missing_stage(name: str) -> str:
+    if name.startswith("merged/"):
+        return "merge"
+    return "finetune --task" if name.startswith("finetuned/") else f"finetune --{name}"
 
 
 def evaluate(ctx: RunContext) -> bool:
-    """Test accuracy of the zero-shot, individual, joint and sequential encoders (cached in the manifest)."""
-    from pactmerge.pipeline.evaluate import evaluate_encoder
+    """Test predictions and accuracy of every model of ``evaluation_plan``, through the study's one
+    evaluation path (``ctx.predictions``): the predictions per example go to
+    ``RUN_DIR/predictions/<entry>.npz`` (``pipeline.evaluate.load_predictions``), the accuracies
+    to the entry's ``metrics.test``. An entry with both is skipped."""
+    from pactmerge.pipeline.evaluate import accuracy, predictions_path, save_predictions
 
     prepare(ctx)
     did = False
     for name, tasks in evaluation_plan(ctx):
         if not ctx.store.has(name):
-            stage = "finetune --task" if name.startswith("finetuned/") else f"finetune --{name}"
-            raise StageError(f"evaluate needs {name!r}; run `pactmerge {stage} ...` (or `pactmerge run CONFIG`) first")
-        metrics = dict(ctx.store.entry(name).get("metrics") or {})
-        if all(t in metrics.get("test", {}) for t in tasks):
+            raise StageError(f"evaluate needs {name!r}; run `pactmerge {_missing_stage(name)} ...` "
+                             "(or `pactmerge run CONFIG`) first")
+        entry = ctx.store.entry(name)
+        metrics = dict(entry.get("metrics") or {})
+        if all(t in metrics.get("test", {}) for t in tasks) and predictions_path(ctx.run_dir, name).is_file():
             continue
         log.info("evaluating %s on %s", name, ", ".join(tasks))
-        loaded = ctx.loaded
-        metrics["test"] = evaluate_encoder(loaded.encoder, ctx.store.load_state(name), ctx.heads(),
-                                           ctx.datamodules(tasks), split="test", logit_scale=loaded.logit_scale,
-                                           device=ctx.cfg.merge.device)
-        ctx.store.update_meta(name, metrics=metrics)
+        preds = ctx.predictions(ctx.store.load_state(name), tasks, split="test")
+        save_predictions(ctx.run_dir, name, preds)
+        metrics["test"] = {t: accuracy(p, y) for t, (p, y) in preds.items()}
+        ctx.store.update_meta(name, metrics=metrics, eval_precision=ctx.evaluator().precision)
         did = True
     return did
 

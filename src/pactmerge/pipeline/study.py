@@ -117,8 +117,8 @@ def describe(ctx: RunContext) -> str:
         lines.append(f"  {info.key:<16} {info.display_name}; source {spec.describe()}; {size}")
     m = cfg.merge
     lines.append(f"merges ({len(merge_plan.plan_merges(m))}), alpha: {m.alpha_search}"
-                 + (f" on {merge_stage.ALPHA_SUBSET} validation examples per task, best "
-                    f"{merge_stage.ALPHA_CONFIRM} re-scored on the full split" if m.alpha_search != "fixed" else "")
+                 + (" on the validation splits, widened up to each method's alpha_bounds"
+                    if m.alpha_search != "fixed" else "")
                  + (f", grid {m.alpha_grid}" if m.alpha_grid else ", each method's grid"))
     for planned in merge_plan.plan_merges(m):
         resolved = merge_plan.resolved_params(planned)
