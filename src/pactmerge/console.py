@@ -35,6 +35,8 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
 # third-party log lines that pactmerge reports itself, in its own words (kept in log.txt)
 KNOWN_LOG_LINES: tuple[str, ...] = (
     r"^No pretrained weights loaded for model ",  # open_clip; pactmerge logs the random init itself
+    # Lightning, on a machine with SLURM's srun on the PATH: a local run is not a SLURM job
+    r"(?s).*The `srun` command is available on your system but is not used",
 )
 # Lightning's INFO lines that repeat on every fit (device summary, tips, loader settings)
 _LIGHTNING_CHATTER = ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch")

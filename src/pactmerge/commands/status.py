@@ -116,6 +116,11 @@ def collect(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
         "finished": finished and not corrupt, "verified": verify,
         "continue": None if finished and not corrupt else _continue_command(run_dir, config, corrupt),
     }
+    from pactmerge.pipeline.slurm_jobs import slurm_status  # standard library only
+
+    out["slurm"] = slurm_status(run_dir, set(entries))  # None unless submitted with `pactmerge slurm`
+    if out["slurm"] and out["slurm"]["resubmit"] and out["continue"] and not corrupt:
+        out["continue"] = out["slurm"]["resubmit"]
     return out
 
 
@@ -182,6 +187,10 @@ def format_status(status: dict[str, Any]) -> str:
     if status["corrupt"]:
         lines.append(f"  corrupt or missing: {', '.join(status['corrupt'])}; "
                      f"`pactmerge status --drop-corrupt {status['run_dir']}` sets them aside, the next run redoes them")
+    if status.get("slurm"):
+        from pactmerge.pipeline.slurm_jobs import format_slurm
+
+        lines += format_slurm(status["slurm"])
     if status["finished"]:
         lines.append("  finished: every stage is done")
     elif status["lock"]["state"] != "held":

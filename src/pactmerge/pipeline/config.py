@@ -93,6 +93,8 @@ class ClusterConfig:
     cpus_per_task: int = 8
     mem: str | None = None
     setup: list[str] = field(default_factory=list)  # shell lines run before pactmerge (module load, venv activation)
+    # seconds before the time limit at which SLURM sends SIGUSR1: a fit checkpoints and requeues itself (0: never)
+    signal_seconds: int = 120
     # Lightning loggers of every fit, under RUN_DIR/lightning/<stage>/logs: "csv" (metrics.csv) and
     # "tensorboard" (when the tensorboard package is installed)
     loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
@@ -321,6 +323,8 @@ def _validate_cluster(cfg: RunConfig, bad) -> None:
                   "or a comma-separated list of device indices")
     if cfg.cluster.num_nodes < 1:
         raise bad("cluster.num_nodes", f"= {cfg.cluster.num_nodes} must be >= 1")
+    if cfg.cluster.signal_seconds < 0:
+        raise bad("cluster.signal_seconds", f"= {cfg.cluster.signal_seconds} must be >= 0 (0: no requeue signal)")
 
 
 def from_dict(cls: type, data: Mapping[str, Any], *, where: str = "config", prefix: str = "") -> Any:

@@ -43,6 +43,13 @@ def prepare(ctx: RunContext) -> bool:
     return did
 
 
+def _rank() -> int:
+    """This process's rank in a DDP fit (0 outside one)."""
+    from pactmerge.pipeline.preemption import global_rank
+
+    return global_rank()
+
+
 def _fit_meta(ckpt_dir: Path) -> dict[str, Any]:
     """Steps and final validation metrics of a finished fit, from its summary file."""
     from pactmerge.pipeline.training import read_summary
@@ -64,6 +71,8 @@ def finetune_individual(ctx: RunContext, task: str) -> bool:
     ckpt_dir = ctx.store.lightning_dir(name)
     state = fit_individual(ctx.loaded, ctx.heads(), ctx.datamodule(key), ctx.cfg.recipe, ckpt_dir=ckpt_dir,
                            trainer_kwargs=ctx.trainer_kwargs())
+    if _rank() != 0:  # a DDP fit: rank 0 alone writes the store entry
+        return True
     ctx.store.save_state(name, state, {"kind": "finetuned", "task": key, "recipe": ctx.cfg.recipe.to_dict(),
                                        **_fit_meta(ckpt_dir)})
     return True
@@ -89,6 +98,8 @@ def finetune_joint(ctx: RunContext) -> bool:
     recipe = joint_recipe(ctx)
     ckpt_dir = ctx.store.lightning_dir("joint")
     state = fit_joint(ctx.loaded, ctx.heads(), multi, recipe, ckpt_dir=ckpt_dir, trainer_kwargs=ctx.trainer_kwargs())
+    if _rank() != 0:  # a DDP fit: rank 0 alone writes the store entry
+        return True
     ctx.store.save_state("joint", state, {"kind": "joint", "tasks": ctx.task_keys, "sampling": sampling,
                                           "recipe": recipe.to_dict(), **_fit_meta(ckpt_dir)})
     return True
@@ -108,6 +119,8 @@ def finetune_sequential(ctx: RunContext) -> bool:
     ckpt_dir = ctx.store.lightning_dir("sequential")
     state = fit_sequential(ctx.loaded, ctx.heads(), schedule, ctx.cfg.recipe, ckpt_dir=ckpt_dir,
                            trainer_kwargs=ctx.trainer_kwargs())
+    if _rank() != 0:  # a DDP fit: rank 0 alone writes the store entry
+        return True
     ctx.store.save_state("sequential", state, {"kind": "sequential", "order": order,
                                                "recipe": ctx.cfg.recipe.to_dict()})
     return True

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,9 +33,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
 from pactmerge.callbacks.progress import StepProgressBar
-from pactmerge.errors import ConfigError, StageError
+from pactmerge.errors import CheckpointError, ConfigError, StageError
 from pactmerge.fileio import load_state_dict, save_safetensors_atomic, write_json_atomic
 from pactmerge.pipeline.finetuner import CLIPFineTuner, Recipe
+from pactmerge.pipeline.preemption import StepBoundaryRequeue, in_slurm_step, resume_checkpoint
 from pactmerge.pipeline.training_data import ResumableData
 
 log = logging.getLogger(__name__)
@@ -114,7 +116,9 @@ def build_trainer(recipe: Recipe, ckpt_dir: Path, trainer_kwargs: Mapping[str, A
     kwargs.update(trainer_kwargs)
     has_bar = any(isinstance(c, TQDMProgressBar) for c in [*(callbacks or []), *extra])
     bar = [] if has_bar or not kwargs.get("enable_progress_bar", True) else [StepProgressBar(_stage_title(Path(ckpt_dir)))]
-    kwargs["callbacks"] = [ckpt, *(callbacks or []), *extra, *bar]
+    # inside a SLURM step: Lightning's auto-requeue checkpoints at a step boundary (pipeline.preemption)
+    requeue = [StepBoundaryRequeue()] if in_slurm_step() else []
+    kwargs["callbacks"] = [ckpt, *requeue, *(callbacks or []), *extra, *bar]
     return pl.Trainer(**kwargs)
 
 
@@ -124,8 +128,9 @@ def fit_stage(init_state: Mapping[str, torch.Tensor], loaded: Any, heads: Mappin
               callbacks: list[pl.Callback] | None = None) -> dict[str, torch.Tensor]:
     """Fine-tune a copy of ``loaded.encoder`` holding ``init_state`` on ``datamodule``; return its state.
 
-    Resumes from ``ckpt_dir/last.ckpt`` when present; returns ``final.safetensors`` when the
-    stage already finished. The returned dict has every key of the encoder state (CPU tensors).
+    Resumes from ``ckpt_dir/last.ckpt`` (or a newer SLURM ``hpc_ckpt_<n>.ckpt``) when present;
+    returns ``final.safetensors`` when the stage already finished. The returned dict has every
+    key of the encoder state (CPU tensors).
     """
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / FINAL_STATE
@@ -140,13 +145,21 @@ def fit_stage(init_state: Mapping[str, torch.Tensor], loaded: Any, heads: Mappin
     module = CLIPFineTuner(encoder, heads, loaded.logit_scale, recipe)
     data = ResumableData(datamodule)
     trainer = build_trainer(recipe, ckpt_dir, trainer_kwargs, callbacks)
-    last = ckpt_dir / LAST_CKPT
-    if last.is_file():
+    last = resume_checkpoint(ckpt_dir)  # last.ckpt, or a newer hpc_ckpt_<n>.ckpt of a SLURM requeue
+    if last is not None:
         log.info("resuming from %s", last)
     with warnings.catch_warnings():
         # frozen BatchNorm layers are in eval mode on purpose (see CLIPFineTuner)
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=str(last) if last is not None else None)
+        except (pickle.UnpicklingError, EOFError) as exc:
+            if last is None:
+                raise
+            raise CheckpointError(
+                f"{last}: not a checkpoint this run wrote: it holds objects other than tensors and plain values "
+                f"({type(exc).__name__}; nothing in it was executed). Remove it (`rm {last}`) and rerun to start "
+                f"this fit afresh, or delete {ckpt_dir} to start the stage afresh") from None
     if trainer.interrupted or trainer.global_step < recipe.max_steps:
         raise StageError(f"training in {ckpt_dir} stopped at step {trainer.global_step} of {recipe.max_steps} "
                          "(interrupted or out of data); rerun to resume from the last checkpoint")
