@@ -193,3 +193,13 @@ def test_report_over_seed_replicates_is_the_mean_and_std_of_the_replicates(tmp_p
     assert f"| {100 * sd['mean']:.1f} ± {100 * sd['std']:.1f} (n=3) |" in md and "seeds: mean ± std" in md
     table = {r["model"]: r for r in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
     assert float(table["joint"]["seeds_std"]) == pytest.approx(sd["std"]) and table["joint"]["seeds_n"] == "3"
+
+
+def test_predictions_of_another_split_leave_the_report_without_intervals(tmp_path):
+    run = make_run(tmp_path / "run")
+    preds = _predictions("joint")
+    np.savez(run / "predictions" / "joint.npz", **{f"{k}__{t}": v[:-3] for t, (p, lab) in preds.items()
+                                                   for k, v in (("pred", p), ("label", lab))})
+    results = json.loads(write_report(run, list(TASKS), resamples=20)["json"].read_text())
+    assert all("avg_ci95" not in r for r in results["rows"])
+    assert "re-run the evaluation stage" in results["uncertainty"]["note"]

@@ -35,7 +35,9 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str]) -> 
 
     # 2. validation accuracy against alpha, one panel per base method
     merged = [r for r in rows if r["kind"] == "merged" and r.get("alpha_search")]
-    out["alpha"] = save_png(alpha_curves_figure(merged), plot_dir / "alpha_curves.png")
+    replicates = any(r.get("alpha_seeds") for r in rows)
+    note = "each seed replicate's α search:\nseed-<s>/plots/alpha_curves.png" if replicates else "no α search recorded"
+    out["alpha"] = save_png(alpha_curves_figure(merged, note), plot_dir / "alpha_curves.png")
 
     # 3. joint vs sequential vs the best merge
     picks = [r for r in rows if r["kind"] in ("individual", "joint", "sequential")]
@@ -88,7 +90,7 @@ def base_method(name: str) -> str:
     return name.removeprefix("pact+").removesuffix("-rsvd")
 
 
-def alpha_curves_figure(merged: list[dict[str, Any]]):
+def alpha_curves_figure(merged: list[dict[str, Any]], note: str = "no α search recorded"):
     """One panel per base method of ``merged`` rows (their ``alpha_search`` records): validation
     accuracy against α; the chosen α as a large marker; the part of the searched ``range`` outside
     the initial ``grid`` shaded in the curve's colour; ``at_limit`` searches noted in the legend."""
@@ -102,7 +104,7 @@ def alpha_curves_figure(merged: list[dict[str, Any]]):
         groups.setdefault(base_method(r["name"]), []).append(r)
     if not groups:
         fig, ax = plt.subplots(figsize=(5, 3))
-        ax.text(0.5, 0.5, "no α search recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
     ncols = min(3, len(groups))

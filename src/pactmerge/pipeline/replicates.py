@@ -55,7 +55,7 @@ def run_replicates(cfg, *, force: bool = False, config_text: str | None = None) 
     its Markdown table. Each replicate directory is opened by ``study.open_study`` and run under
     its own ``RunLock``; ``RUN_DIR`` itself is locked for the whole call."""
     from pactmerge.console import attach_run_log
-    from pactmerge.pipeline.context import RunLock
+    from pactmerge.pipeline.rundir import RunLock
     from pactmerge.pipeline.study import open_study, run_study
 
     top = Path(cfg.output_dir)
@@ -73,7 +73,7 @@ def run_replicates(cfg, *, force: bool = False, config_text: str | None = None) 
             text = None if config_text is None else (
                 f"{config_text}# seed replicate: seed={s}, recipe.seed={s}, output_dir={sub.output_dir}\n")
             with RunLock(sub.output_dir):
-                ctx = open_study(sub, force=force, config_text=text)  # sub's output_dir is the replicate's
+                ctx = open_study(sub, force=force, config_text=text, run_dir=sub.output_dir)
                 handler = attach_run_log(ctx.run_dir)
                 try:
                     run_study(ctx)

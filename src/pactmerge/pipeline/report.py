@@ -145,7 +145,11 @@ def add_intervals(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]],
 
     names = [r["name"] for r in rows]
     pairs = {n: p for n in names if (p := plain_of(n, names)) is not None}
-    res = intervals(models, pairs, resamples=resamples, seed=seed) if models else None
+    try:
+        res = intervals(models, pairs, resamples=resamples, seed=seed) if models else None
+    except StageError as exc:  # predictions that do not fit together (stale files): report without intervals
+        log.warning("no intervals: %s", exc)
+        res, missing = None, [r["name"] for r in rows]
     for r in rows:
         n = r["name"]
         if res is None or n not in res.average:
