@@ -93,11 +93,11 @@ def materialise_lora(directory: str | Path, base_tower: Mapping[str, Tensor]) ->
         while module.startswith("vision_model."):
             module = module.removeprefix("vision_model.")
         pairs.setdefault(module, {})[m.group("part")] = value
-    hf = open_clip_to_hf(base_tower, prefix="", source="the pre-trained encoder")
+    hf = open_clip_to_hf(base_tower, source="the pre-trained encoder")  # keys under "vision_model."
     for module, ab in sorted(pairs.items()):
         if set(ab) != {"A", "B"}:
             raise CheckpointError(f"{file}: {module} has lora_{''.join(ab)} but not both lora_A and lora_B")
-        target = f"{module}.weight"
+        target = f"vision_model.{module}.weight"
         if target not in hf:
             raise CheckpointError(f"{file}: adapted module {module!r} is not a linear layer of the pre-trained "
                                   "CLIP vision tower; the adapter belongs to another model")

@@ -23,6 +23,7 @@ from pactmerge.coerce import coerce
 from pactmerge.datamodules import DataConfig
 from pactmerge.errors import ConfigError
 from pactmerge.pipeline.model_spec import ModelSpec
+from pactmerge.pipeline.pool import PoolConfig
 from pactmerge.pipeline.recipe import Recipe
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "offline_default.yaml"
@@ -114,6 +115,8 @@ class RunConfig:
     comparisons: ComparisonsConfig = field(default_factory=ComparisonsConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    pool: PoolConfig | None = None  # published checkpoints imported instead of fine-tuned (pipeline.pool)
+    published: dict[str, Any] | None = None  # the published table a preset reproduces (pipeline.published)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values of every option a user sets (the data options a study derives from
@@ -128,6 +131,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("output_dir")
         d.pop("cluster")
+        d.pop("published", None)
         d.pop("seeds", None)  # a replicate directory's config has seeds: [] and its own seed
         for k in ("num_workers", "eval_batch_size", "cache_dir"):
             d["data"].pop(k, None)
@@ -250,6 +254,11 @@ def validate(cfg: RunConfig, *, where: str = "config") -> None:
     _validate_tasks(cfg, bad)
     _validate_merge(cfg, bad)
     _validate_cluster(cfg, bad)
+    from pactmerge.pipeline.pool import apply_pool
+    from pactmerge.pipeline.published import check_published
+
+    apply_pool(cfg, where=where)
+    check_published(cfg.published, where=where)
 
 
 def _validate_tasks(cfg: RunConfig, bad) -> None:

@@ -58,6 +58,10 @@ def stage_plan(ctx: RunContext) -> list[tuple[str, Callable[[], bool]]]:
         plan.append(("finetune_joint", lambda: stages.finetune_joint(ctx)))
     if c.sequential:
         plan.append(("finetune_sequential", lambda: stages.finetune_sequential(ctx)))
+    if ctx.cfg.pool is not None:  # published checkpoints: imported instead of fine-tuned
+        from pactmerge.pipeline.pool import import_pool
+
+        plan[1:] = [("import", lambda: import_pool(ctx))]
     plan += [("merge", lambda: _merge(ctx)), ("evaluate", lambda: stages.evaluate(ctx))]
     return plan
 
@@ -115,6 +119,10 @@ def describe(ctx: RunContext) -> str:
             except Exception as exc:  # a missing local source: say why, as the run would
                 size = f"unavailable: {exc}"
         lines.append(f"  {info.key:<16} {info.display_name}; source {spec.describe()}; {size}")
+    if cfg.pool is not None:
+        from pactmerge.pipeline.pool import describe_pool
+
+        lines += describe_pool(cfg, ctx.task_keys)
     m = cfg.merge
     lines.append(f"merges ({len(merge_plan.plan_merges(m))}), alpha: {m.alpha_search}"
                  + (" on the validation splits, widened up to each method's alpha_bounds"
