@@ -28,6 +28,16 @@ def test_seeds_are_validated_and_replicate_configs_set_both_seeds(tiny_config):
         load_config(tiny_config(seeds=[0, -2]))
 
 
+def test_dry_run_with_seeds_describes_the_first_replicate_and_writes_nothing(tiny_config, tmp_path, capsys):
+    assert main(["run", str(tiny_config()), "--seeds", "0,2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "seed replicates 0, 2" in out and f"output directory: {tmp_path / 'run' / 'seed-0'} (new)" in out
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        main(["run", str(tiny_config()), "--seeds", "0,x"])
+    assert "comma-separated integer seeds" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_two_seed_study_resumes_and_reports_mean_and_std(tiny_config, tmp_path, capsys):
     cfg = tiny_config(comparisons__sequential=False)

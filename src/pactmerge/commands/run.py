@@ -54,6 +54,12 @@ def run(args):
     cfg, text = load_args_config(args)
     if cfg.seeds and not args.dry_run:
         return _run_replicates(cfg, text, args)
+    if args.dry_run and cfg.seeds:
+        from pactmerge.pipeline.replicates import replicate_config
+
+        print(f"seed replicates {', '.join(map(str, cfg.seeds))}: each study below once per seed (seed and "
+              f"recipe.seed set to it) in {cfg.output_dir}/seed-<s>/, then the report over seeds; seed {cfg.seeds[0]}:")
+        cfg = replicate_config(cfg, cfg.seeds[0])
     if args.dry_run:
         print(describe(RunContext(cfg)))
         return 0
