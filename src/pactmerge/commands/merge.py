@@ -178,6 +178,7 @@ def _run_study_stage(args: argparse.Namespace) -> int:
     """``pactmerge merge CONFIG``: every configured merge of a study, α chosen on validation data."""
     if args.pretrained or args.finetuned or args.out:
         raise ConfigError("give either a run CONFIG (study mode) or --pretrained/--finetuned/--out (file mode), not both")
+    _refuse_weights_as_config(Path(args.config))
     from pactmerge.commands._study import open_context
     from pactmerge.pipeline.merge_stage import run_merge_stage
 
@@ -187,6 +188,28 @@ def _run_study_stage(args: argparse.Namespace) -> int:
         print(f"{mid:28s} alpha={entry.get('alpha')}  validation avg "
               + ("—" if val is None else f"{100 * val:.1f}%"))
     return 0
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def _refuse_weights_as_config(path: Path) -> None:
+    """A weights file given where the study CONFIG goes: say so, and how file mode takes it."""
+    import codecs
+
+    looks_binary = path.suffix.lower() in WEIGHT_SUFFIXES
+    if not looks_binary and path.is_file():
+        with open(path, "rb") as fh:
+            try:
+                codecs.getincrementaldecoder("utf-8")().decode(fh.read(1 << 16), final=False)
+            except UnicodeDecodeError:
+                looks_binary = True
+    if looks_binary:
+        raise ConfigError(
+            f"{path}: not a study config (a weights or other binary file); the positional argument of "
+            "`pactmerge merge` is a study config (YAML); "
+            "to merge weight files use file mode: pactmerge merge --pretrained PRE --finetuned FT [FT ...] "
+            "--method METHOD --out OUT.safetensors")
 
 
 def run(args: argparse.Namespace) -> int:

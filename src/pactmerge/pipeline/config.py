@@ -162,10 +162,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     src = Path(path) if path is not None else DEFAULT_CONFIG
     if not src.is_file():
         raise ConfigError(f"{src}: no such config file")
-    try:
-        raw = yaml.safe_load(src.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{src}: not valid YAML ({exc})") from exc
+    raw = _read_yaml_file(src)
     if not isinstance(raw, dict):
         raise ConfigError(f"{src}: the top level must be a mapping of sections, got {type(raw).__name__}")
     for item in overrides or []:
@@ -178,11 +175,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item}: the value of {key.strip()} is not valid YAML ({exc}); quote text "
+                              f"values, e.g. --set '{key.strip()}=\"...\"'") from None
     _refuse_derived_data_keys(raw, str(src))
     cfg = from_dict(RunConfig, raw, where=str(src))
     validate(cfg, where=str(src))
     return cfg
+
+
+def _read_yaml_file(src: Path) -> Any:
+    """The YAML document of config file ``src`` (``{}`` when empty); ``ConfigError`` naming the file when it
+    is not UTF-8 text (a weights file given as a config) or not valid (also: unsafe) YAML."""
+    try:
+        text = src.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{src}: not a YAML config: it is not UTF-8 text (at byte {exc.start}); give a "
+                          "study config file (.yaml)") from None
+    except OSError as exc:
+        raise ConfigError(f"{src}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{src}: not valid YAML ({exc})") from None
 
 
 # data options that a study derives from other sections: set them there

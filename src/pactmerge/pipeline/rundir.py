@@ -121,6 +121,25 @@ def has_finished_stage(run_dir: Path) -> bool:
     return any(str(name).split("/", 1)[0] in FINISHED_KINDS for name in entries)
 
 
+def verify_stored(store: Any, names: Any) -> None:
+    """Check the stored files of ``names`` (entries of ``store``, a ``CheckpointStore``) against their
+    sha256; ``CheckpointError`` naming the first changed or missing one and the commands that redo it."""
+    from pactmerge.checkpoints.manifest import check_entry
+    from pactmerge.errors import CheckpointError
+
+    root = Path(store.root)
+    for name in names:
+        entry = store.entry(name)
+        state = check_entry(root, name, entry)
+        if state == "ok":
+            continue
+        what = ("sha256 mismatch: changed or truncated after it was stored" if state == "corrupt"
+                else "listed in the manifest, but the file is gone")
+        raise CheckpointError(
+            f"{root / entry['file']}: {what} ({name}). Set it aside with `pactmerge status --drop-corrupt {root}`, "
+            f"then rerun (`pactmerge run {root / 'config.yaml'} --output-dir {root}`): only {name} is made again")
+
+
 # -- ownership --------------------------------------------------------------------------------------
 def claim(ctx: Any, *, force: bool = False, config_text: str | None = None) -> None:
     """Record ``ctx``'s config (a ``RunContext``) as the owner of its run directory (``run.json``, ``config.yaml``).
