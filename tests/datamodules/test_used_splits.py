@@ -86,3 +86,36 @@ def test_missing_split_names_what_there_is(tmp_path):
 ])
 def test_file_split_names(rel, split):
     assert file_split_name(Path(rel)) == split
+
+
+@pytest.mark.parametrize("prepared", ["every split", "used splits"])
+def test_offline_hub_cache_opens_only_used_splits(tmp_path, monkeypatch, prepared):
+    """A datasets cache filled online (by ``load_dataset(id, config)``, or by pactmerge with the used
+    splits only) serves the hub id offline; the cached ``extra`` split is never opened."""
+    from pactmerge.datamodules.hub import load_splits
+
+    repo = write_repo(tmp_path / "svhn", {"cropped_digits": {"train": _split(20, 0), "test": _split(10, 20),
+                                                             "extra": _split(5, 30)}})
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    if prepared == "every split":
+        datasets.load_dataset(str(repo), "cropped_digits")
+    else:
+        monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        spec = _module("svhn", f"hf:{repo}").source_spec()
+        assert sorted(load_splits(spec, None)) == ["test", "train"]
+        monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (cache / "svhn").rename(cache / "ufldl-stanford___svhn")  # where load_dataset("ufldl-stanford/svhn") caches
+    for f in (cache / "ufldl-stanford___svhn").rglob("*-extra*.arrow"):
+        f.write_bytes(GARBAGE)
+    dm = TaskDataModule("svhn", DataConfig(image_size=8, num_workers=0, val_fraction=0.2))
+    assert dm.source_spec().location == "ufldl-stanford/svhn"
+    assert dm.split_sizes() == {"train": 16, "val": 4, "test": 10}
+    assert dm._raw_splits()["test"].labels.tolist() == [(20 + i) % 10 for i in range(10)]
+    assert encoded_first_pixel(dm._raw_splits()["test"].load(3)) == unique_image(23, 8)[0, 0].tolist()
+
+
+def encoded_first_pixel(img):
+    return np.asarray(img.convert("RGB"))[0, 0].tolist()

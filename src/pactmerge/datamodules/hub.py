@@ -10,6 +10,9 @@ the hub repository (README card + data files) take the same path.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from pactmerge.errors import DataError
 
 _KNOWN = {"train": "train", "training": "train", "test": "test", "testing": "test", "t10k": "test",
           "val": "validation", "valid": "validation", "validation": "validation", "dev": "validation"}
+log = logging.getLogger(__name__)
 _SHARD = re.compile(r"([-_.]?\d{5}-of-\d{5}|[-_.]?\d+)$")
 
 
@@ -73,9 +77,13 @@ def load_splits(spec: SourceSpec, cache_dir: str | None) -> dict:
         available = [p.name for p in root.iterdir() if (p / "dataset_info.json").is_file()]
         return {s: datasets.load_from_disk(str(root / pick_split(available, s, str(root)))) for s in used}
     if spec.kind == "hub":
+        local = Path(spec.location).is_dir()  # a folder laid out like the hub repository
+        cached = cached_hub_splits(spec, used) if offline() and not local else None
+        if cached is not None:
+            return cached
         builder = datasets.load_dataset_builder(spec.location, spec.name)
         files = builder.config.data_files
-        if not files:  # a prepared cache without file listing (offline): open the used splits from it
+        if not files:  # datasets' own cache lookup, offline
             return {s: datasets.load_dataset(spec.location, spec.name, split=s) for s in used}
         missing = [s for s in used if s not in files]
         if missing:
@@ -87,3 +95,42 @@ def load_splits(spec: SourceSpec, cache_dir: str | None) -> dict:
     files = local_data_files(Path(spec.location), spec.kind, used)
     dd = datasets.load_dataset(spec.kind, data_files=files, cache_dir=hf_cache)
     return {s: dd[s] for s in used}
+
+
+def offline() -> bool:
+    return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def cached_hub_splits(spec: SourceSpec, splits: list[str]) -> dict | None:
+    """Offline: ``splits`` of a hub dataset read from the ``datasets`` cache, or None when no cached
+    copy holds them all. A copy prepared with every split (``load_dataset(id)``) or with the used
+    splits only (as pactmerge prepares it online) both serve; only the used splits' files are opened."""
+    import datasets
+    from datasets.naming import camelcase_to_snakecase
+
+    parts = spec.location.split("/")
+    parts[-1] = camelcase_to_snakecase(parts[-1])
+    root = Path(datasets.config.HF_DATASETS_CACHE) / "___".join(parts)
+    found: list[Path] = []
+    for info in root.glob("*/*/*/dataset_info.json"):
+        config = info.parents[2].name
+        if spec.name and config != spec.name and not config.startswith(f"{spec.name}-"):
+            continue
+        try:
+            have = json.loads(info.read_text()).get("splits") or {}
+        except (OSError, ValueError):
+            continue
+        if all(s in have for s in splits):
+            found.append(info.parent)
+    if not found:
+        return None
+    folder = max(found, key=lambda p: p.stat().st_mtime)
+    out = {}
+    for split in splits:
+        files = sorted(folder.glob(f"*-{split}.arrow")) + sorted(folder.glob(f"*-{split}-[0-9]*-of-[0-9]*.arrow"))
+        if not files:
+            return None
+        shards = [datasets.Dataset.from_file(str(f)) for f in files]
+        out[split] = shards[0] if len(shards) == 1 else datasets.concatenate_datasets(shards)
+    log.debug("%s: splits %s read from the datasets cache %s", spec.location, splits, folder)
+    return out

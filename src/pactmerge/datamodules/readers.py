@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +18,7 @@ from PIL import Image
 
 from pactmerge.errors import DataError
 from pactmerge.datamodules.labels import class_label_order, describe_order, name_index, norm
-from pactmerge.datamodules.hub import load_splits
+from pactmerge.datamodules.hub import load_splits, offline
 from pactmerge.datamodules.sources import SourceSpec, split_of_path
 
 log = logging.getLogger(__name__)
@@ -214,8 +213,7 @@ def hf_load(spec: SourceSpec, cache_dir: str | None) -> dict:
     except DataError:
         raise
     except Exception as exc:
-        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-        mode = " (offline mode is on: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE=1)" if offline else ""
+        mode = " (offline mode is on: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE=1)" if offline() else ""
         raise DataError(
             f"cannot load {spec.describe()}{mode}: {type(exc).__name__}: {str(exc)[:300]}. "
             f"To get the data: {spec.install or 'check the path'}; or point DataConfig.source / data_dir at a "

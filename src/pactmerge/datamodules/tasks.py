@@ -1,7 +1,10 @@
 """The task registry: class names, prompt templates and data sources of every task, and benchmark lists.
 
 Hub sources were checked against each dataset's card / viewer (split names, row counts, label column)
-before being listed here; the comment beside each says what was verified. Any source can be
+before being listed here; the comment beside each says what was verified, and the tests keep each
+card's schema (tests/datamodules/hub_fixtures.py). Only the splits a task uses are opened (other
+splits, such as corrupted test copies or SVHN's ``extra``, are never downloaded), and ClassLabel
+names are matched to the class names (classnames.ALIASES holds the cards' other wordings). Any source can be
 overridden (``DataConfig.source``, ``DataConfig.sources[task]``, or a ``<data_dir>/<task>`` folder).
 """
 
