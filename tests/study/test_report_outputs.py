@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pactmerge.checkpoints import CheckpointStore
+from pactmerge.pipeline.evaluate import save_predictions
 from pactmerge.pipeline.report import plain_of, write_report
 
 TASKS = {"a": (120, 5), "b": (80, 3)}  # examples, classes
@@ -66,9 +67,7 @@ def make_run(root: Path, *, predictions: bool = True, seed: int = 0) -> Path:
                 meta["alpha"] = meta["alpha_search"]["chosen"]
         store.save_state(entry, {"w": torch.zeros(1)}, meta)
         if predictions:
-            (root / "predictions").mkdir(exist_ok=True)
-            np.savez(root / "predictions" / f"{entry.replace('/', '__')}.npz",
-                     **{f"{k}__{t}": v for t, (p, lab) in preds.items() for k, v in (("pred", p), ("label", lab))})
+            save_predictions(root, entry, preds)
     return root
 
 
@@ -129,15 +128,14 @@ def test_report_is_deterministic_and_the_seed_changes_the_draws(tmp_path):
 
 def test_a_run_without_predictions_gets_no_interval_and_a_note(tmp_path):
     run = make_run(tmp_path / "run", predictions=False)
-    (run / "predictions").mkdir()
-    np.savez(run / "predictions" / "joint.npz", **{f"{k}__a": v for k, v in zip(("pred", "label"), _predictions("joint")["a"])})
+    save_predictions(run, "joint", {"a": _predictions("joint")["a"]})  # one task of two: no interval either
     paths = write_report(run, list(TASKS), resamples=50)
     results = json.loads(paths["json"].read_text())
     assert all("avg_ci95" not in r and "gain_vs_plain" not in r for r in results["rows"])
     unc = results["uncertainty"]
     assert "joint" in unc["without_predictions"] and "pact+ties" in unc["without_gain"]
     md = paths["md"].read_text()
-    assert "Note: no interval for" in md and "re-run the evaluation stage" in md
+    assert "Note: no interval for" in md and "`pactmerge evaluate CONFIG` adds them" in md
     assert " ± " not in md.split("\n\n")[0]  # the table itself: bare values
     assert (run / "plots" / "per_task_accuracy.png").is_file() and (run / "plots" / "alpha_curves.png").is_file()
 
@@ -198,8 +196,7 @@ def test_report_over_seed_replicates_is_the_mean_and_std_of_the_replicates(tmp_p
 def test_predictions_of_another_split_leave_the_report_without_intervals(tmp_path):
     run = make_run(tmp_path / "run")
     preds = _predictions("joint")
-    np.savez(run / "predictions" / "joint.npz", **{f"{k}__{t}": v[:-3] for t, (p, lab) in preds.items()
-                                                   for k, v in (("pred", p), ("label", lab))})
+    save_predictions(run, "joint", {t: (p[:-3], lab[:-3]) for t, (p, lab) in preds.items()})
     results = json.loads(write_report(run, list(TASKS), resamples=20)["json"].read_text())
     assert all("avg_ci95" not in r for r in results["rows"])
     assert "re-run the evaluation stage" in results["uncertainty"]["note"]

@@ -96,22 +96,13 @@ def _row_sources(row: dict[str, Any], tasks: list[str]) -> dict[str, str]:
 
 def _read_predictions(run_dir: Path, entry: str) -> dict[str, tuple[Any, Any]] | None:
     """``evaluate.load_predictions``, or None when the entry's predictions were not kept."""
-    from pactmerge.pipeline import evaluate
+    from pactmerge.pipeline.evaluate import load_predictions
 
-    load = getattr(evaluate, "load_predictions", None) or _load_npz
     try:
-        return load(run_dir, entry)
+        return load_predictions(run_dir, entry)
     except (OSError, KeyError, ValueError, PactmergeError) as exc:
         log.debug("no predictions for %s: %s", entry, exc)
         return None
-
-
-def _load_npz(run_dir: Path, entry: str) -> dict[str, tuple[Any, Any]]:
-    """``RUN_DIR/predictions/<entry, '/' -> '__'>.npz`` with ``pred__<task>`` / ``label__<task>`` arrays."""
-    import numpy as np
-
-    with np.load(Path(run_dir) / "predictions" / f"{entry.replace('/', '__')}.npz") as z:
-        return {k[len("pred__"):]: (z[k], z[f"label__{k[len('pred__'):]}"]) for k in z.files if k.startswith("pred__")}
 
 
 def row_correctness(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str]
@@ -145,11 +136,12 @@ def add_intervals(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]],
 
     names = [r["name"] for r in rows]
     pairs = {n: p for n in names if (p := plain_of(n, names)) is not None}
+    error = None
     try:
         res = intervals(models, pairs, resamples=resamples, seed=seed) if models else None
     except StageError as exc:  # predictions that do not fit together (stale files): report without intervals
         log.warning("no intervals: %s", exc)
-        res, missing = None, [r["name"] for r in rows]
+        res, error = None, str(exc)
     for r in rows:
         n = r["name"]
         if res is None or n not in res.average:
@@ -166,10 +158,12 @@ def add_intervals(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]],
         "method": "percentile bootstrap over test examples, resampled within each task; all rows share the "
                   "resampled indices, so gains are paired", "resamples": resamples, "seed": seed, "level": LEVEL}
     no_pair = [n for n in pairs if n not in (res.gains if res else {})]
-    if missing:
+    if error:
+        record["note"] = f"no intervals: {error}"
+    elif missing:
         record["without_predictions"] = missing
         record["note"] = (f"no interval for {', '.join(missing)}: per-example test predictions were not kept "
-                          "(a run evaluated by an older version); re-run the evaluation stage to add them")
+                          "(a run evaluated by an older version); `pactmerge evaluate CONFIG` adds them")
     if no_pair:
         record["without_gain"] = no_pair
     return record
