@@ -105,3 +105,13 @@ def test_names_and_aliases_are_unambiguous(key):
     for alias, target in task.folder_aliases.items():
         assert target in task.classnames, (alias, target)
         assert norm(alias) not in normed or normed.index(norm(alias)) == task.classnames.index(target)
+
+
+def test_integer_class_names_are_label_indices():
+    classes = get_task("gtsrb").classnames
+    padded = [f"{i:05d}" for i in range(43)]  # a copy that names classes by their folder numbers
+    assert class_label_order(padded, classes, {}, "x") is None
+    order = class_label_order([str(i) for i in reversed(range(43))], classes, {}, "x")
+    assert order.tolist() == list(reversed(range(43)))
+    with pytest.raises(DataError, match=r"not classes of this task: \['43'\]"):
+        class_label_order([str(i) for i in range(1, 44)], classes, {}, "x")

@@ -4,7 +4,7 @@ A source that names its classes (a ``datasets.ClassLabel`` column, class-name st
 folders) is matched to the task's ``classnames`` by normalised name (case and every character
 other than letters and digits ignored: ``cheese_plate`` = ``Cheese Plate``) and through the
 task's aliases (``classnames.ALIASES``: other wordings of a class, e.g. SVHN's ``'0'`` for
-``zero``). The same classes in another order are remapped by name; a class the task does not
+``zero``); names that are integers are label indices. The same classes in another order are remapped by name; a class the task does not
 have stops the run with a ``DataError`` that shows where the two lists part.
 """
 
@@ -30,12 +30,21 @@ def name_index(classnames: Sequence[str], aliases: Mapping[str, str] | None = No
     return by_name
 
 
+def lookup(name: object, by_name: dict[str, int], num_classes: int) -> int | None:
+    """The task label of a source class name: by name or alias, else an integer name is the label
+    itself (``'7'``, ``'00007'``: a source that numbers its classes, as class folders may)."""
+    found = by_name.get(norm(name))
+    if found is None and str(name).strip().isdigit() and int(name) < num_classes:
+        found = int(name)
+    return found
+
+
 def class_label_order(names: Sequence[str], classnames: Sequence[str], aliases: Mapping[str, str] | None,
                       where: str) -> np.ndarray | None:
     """The task label of each source class (``order[source label]``), or None when the source
     lists the task's classes in the task's order. ``DataError`` when the classes differ."""
     by_name = name_index(classnames, aliases)
-    found = [by_name.get(norm(n)) for n in names]
+    found = [lookup(n, by_name, len(classnames)) for n in names]
     if len(names) != len(classnames) or None in found or len(set(found)) != len(found):
         raise DataError(_mismatch(list(names), list(classnames), found, where))
     order = np.asarray(found, dtype=np.int64)

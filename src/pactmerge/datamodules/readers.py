@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pactmerge.errors import DataError
-from pactmerge.datamodules.labels import class_label_order, describe_order, name_index, norm
+from pactmerge.datamodules.labels import class_label_order, describe_order, lookup, name_index, norm
 from pactmerge.datamodules.hub import load_splits, offline
 from pactmerge.datamodules.sources import SourceSpec, split_of_path
 
@@ -135,10 +135,9 @@ def folder_class_map(folders: Sequence[str], classnames: Sequence[str], aliases:
     by_name = name_index(classnames, aliases)
     out: dict[str, int] = {}
     for f in folders:
-        if norm(f) in by_name:
-            out[f] = by_name[norm(f)]
-        elif f.isdigit() and int(f) < len(classnames):
-            out[f] = int(f)
+        found = lookup(f, by_name, len(classnames))
+        if found is not None:
+            out[f] = found
         else:
             shown = ", ".join(classnames[:12]) + (", ..." if len(classnames) > 12 else "")
             raise DataError(
