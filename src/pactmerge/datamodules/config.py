@@ -27,7 +27,8 @@ class DataConfig:
     ``data_dir``: local root; ``<data_dir>/<task>`` (an ImageFolder, parquet/arrow or IDX directory),
     when it exists, is used instead of the task's default source. ``cache_dir``: where pre-decoded
     uint8 caches go (None = no cache). ``source``: override of the source for this module (hub id,
-    ``hf:id[:config]``, ``offline:<name>`` or a local directory); ``sources``: per-task overrides
+    ``hf:id[:config]``, ``offline:<name>``, a local directory, or ``hf:/local/dir`` for a folder laid
+    out like the task's hub repository, read as the hub id is); ``sources``: per-task overrides
     ``{task_key: source}``, which win over ``source``. ``max_train`` / ``max_eval`` (val and test)
     are deterministic subsampling caps, applied to indices before any image is decoded.
     ``crop_scale``: area range of the random resized crop of the tensor-side augmentation.
