@@ -89,7 +89,9 @@ PET_CATS = {"abyssinian", "bengal", "birman", "bombay", "british_shorthair", "eg
 DIGITS = [str(i) for i in range(10)]
 
 # task -> card. The tanganke/* sets are FusionBench's copies: train / test, image + label (ClassLabel
-# in FusionBench's class-list order); four also carry seven corrupted copies of test.
+# in FusionBench's class-list order); four also carry seven corrupted copies of test. Where a card's
+# exact wording is not reproduced (tanganke/*, flowers), the names are FusionBench's class list in the
+# card's order: matching ignores case, '_' and spacing, and integer names are read as label indices.
 CARDS: dict[str, Card] = {
     # https://huggingface.co/datasets/tanganke/sun397 : train / test; ClassLabel, 397 scene categories
     "sun397": _tanganke("sun397", _snake(CLASSNAMES["sun397"])),
