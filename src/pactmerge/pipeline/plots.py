@@ -20,12 +20,15 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], tasks: list[str]) -> 
     plot_dir = run_dir / "plots"
 
     # 1. per-task accuracy by model (grouped bars)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(tasks) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, (0.9 + 0.06 * len(rows)) * len(tasks) + 2), 4.5))
     width = 0.8 / max(len(rows), 1)
+    colours = row_colours(rows)
     for i, r in enumerate(rows):
         xs = [j + i * width for j in range(len(tasks))]
         ys = [100 * r["accuracy"].get(t, 0) for t in tasks]
-        ax.bar(xs, ys, width, label=r["name"], yerr=_error_bars(r, tasks), error_kw={"elinewidth": 0.7, "capsize": 1.5})
+        ax.bar(xs, ys, width, label=r["name"], color=colours[r["name"]], edgecolor="white", linewidth=0.3,
+               hatch=_HATCH[_variant(r["name"])] if r["kind"] == "merged" else None,
+               yerr=_error_bars(r, tasks), error_kw={"elinewidth": 0.7, "capsize": 1.5})
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title("Per-task accuracy by model" + (" (95% bootstrap intervals)" if any(r.get("accuracy_ci95")
@@ -79,6 +82,29 @@ _FAMILIES = ["Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "YlOrBr",
 # plain, pact+, pact+…-rsvd (and a plain -rsvd): shade within the family, line style, marker
 _VARIANTS = {"plain": (0.95, "-", "o"), "pact": (0.7, "--", "s"), "pact-rsvd": (0.5, ":", "^"),
              "plain-rsvd": (0.8, "-.", "v")}
+
+
+_HATCH = {"plain": None, "pact": "///", "pact-rsvd": "...", "plain-rsvd": None}
+_TRAINED = {"zero_shot": "#c7c7c7", "individual": "#4d4d4d", "joint": "#8c564b", "sequential": "#e377c2"}
+
+
+def row_colours(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Row name -> colour: trained rows their own neutral colours; merged rows the colour family of
+    their base method (in order of first appearance, as in the α plot), shaded by PACT variant."""
+    import matplotlib
+
+    bases: list[str] = []
+    out: dict[str, Any] = {}
+    for r in rows:
+        if r["kind"] != "merged":
+            out[r["name"]] = _TRAINED.get(r["kind"], "#17becf")
+            continue
+        base = base_method(r["name"])
+        if base not in bases:
+            bases.append(base)
+        cmap = matplotlib.colormaps[_FAMILIES[bases.index(base) % len(_FAMILIES)]]
+        out[r["name"]] = cmap(_VARIANTS[_variant(r["name"])][0])
+    return out
 
 
 def _variant(name: str) -> str:
