@@ -200,3 +200,16 @@ def test_predictions_of_another_split_leave_the_report_without_intervals(tmp_pat
     results = json.loads(write_report(run, list(TASKS), resamples=20)["json"].read_text())
     assert all("avg_ci95" not in r for r in results["rows"])
     assert "re-run the evaluation stage" in results["uncertainty"]["note"]
+
+
+def test_row_colours_one_family_per_method_distinct_per_row():
+    import matplotlib
+
+    from pactmerge.pipeline.plots import row_colours
+
+    names = ["ties", "pact+ties", "pact+ties-rsvd", "tsvm", "pact+tsvm"]
+    rows = [{"name": "joint", "kind": "joint"}, *({"name": n, "kind": "merged"} for n in names)]
+    colours = row_colours(rows)
+    blues, oranges = matplotlib.colormaps["Blues"], matplotlib.colormaps["Oranges"]
+    assert [colours[n] for n in names] == [blues(0.95), blues(0.7), blues(0.5), oranges(0.95), oranges(0.7)]
+    assert len({tuple(matplotlib.colors.to_rgba(c)) for c in colours.values()}) == len(rows)
