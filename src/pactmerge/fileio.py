@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from pactmerge.errors import CheckpointError
 
@@ -187,3 +187,72 @@ def read_safetensors_layout(path: PathLike) -> dict[str, tuple[int, ...]]:
             )
         layout[key] = shape
     return layout
+
+
+# -- weights with a JSON sidecar (``pactmerge merge`` and ``transfer``) ------------------------------
+def sidecar_path(out: PathLike) -> Path:
+    """The JSON sidecar of weights file ``out``: ``merged.safetensors`` -> ``merged.safetensors.json``."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def check_weights_destination(out: PathLike, option: str = "--out") -> None:
+    """Refuse, before any work, a weights destination ``out`` (or its sidecar) that is a directory or
+    other non-file, that lies under a regular file, or whose directory cannot be written
+    (``ConfigError`` naming ``option`` and the path)."""
+    from pactmerge.errors import ConfigError
+
+    out = Path(out)
+    side = sidecar_path(out)
+    for path, what in ((out, f"{option} {out}"), (side, f"the sidecar path {side} of {option}")):
+        if path.is_dir():
+            raise ConfigError(f"{what}: is a directory; give the path of a file to write (remove or rename the directory)")
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{what}: exists and is not a regular file; choose another path")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{option} {out}: {ancestor} is a file, not a directory; choose a path inside a directory")
+    try:  # a real write: permission bits say nothing for root or read-only file systems
+        fd, probe = tempfile.mkstemp(prefix=".pactmerge-write-check-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"{option} {out}: cannot write in {ancestor} ({exc.strerror or exc}); choose a writable directory"
+        ) from None
+
+
+def write_weights_with_sidecar(out: PathLike, tensors: Mapping[str, torch.Tensor],
+                               sidecar: Mapping[str, Any] | Callable[[str], Mapping[str, Any]], *,
+                               metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``tensors`` as safetensors to ``out`` and ``sidecar`` as JSON to ``sidecar_path(out)``; returns
+    the sidecar's path. ``sidecar`` may be a function of the written weights' sha256, called once they
+    are written (for the hash and timings).
+
+    Both go to temporary files beside their destinations and are moved into place only when both
+    are complete, so until then ``out`` and its sidecar keep whatever they held; a sidecar that
+    cannot be serialised fails before anything is written; a write error names the path.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    side = sidecar_path(out)
+    json_text(sidecar("0" * 64) if callable(sidecar) else sidecar)
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    target = out
+    try:
+        with atomic_path(out) as tmp_weights, atomic_path(side) as tmp_sidecar:
+            save_file(flat, str(tmp_weights), metadata=dict(metadata) if metadata else None)
+            target = side
+            record = sidecar(sha256_file(tmp_weights)) if callable(sidecar) else sidecar
+            tmp_sidecar.write_text(json_text(record), encoding="utf-8")
+            target = out
+    except OSError as exc:
+        where = exc.filename or target
+        raise CheckpointError(
+            f"{where}: cannot be written ({exc.strerror or exc}) while writing {target}; nothing was moved onto "
+            f"{out} or {side} unless both were complete"
+        ) from None
+    return side

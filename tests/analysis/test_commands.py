@@ -70,7 +70,7 @@ def test_transfer_files(tower_files, tmp_path):
     for k in ("proj", "transformer.resblocks.0.attn.in_proj_weight", "ln_pre.bias"):
         ref = target[k] + 0.5 * ((fts["mnist"][k] - pre[k]) + (fts["digits"][k] - pre[k]))
         torch.testing.assert_close(got[k], ref, rtol=1e-5, atol=1e-6)
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(out.with_name(out.name + ".json").read_text())  # fileio.sidecar_path
     assert side["alpha"] == 0.5 and set(side["task_vectors"]) == {"mnist", "digits"} and len(side["sha256"]) == 64
 
 
@@ -85,7 +85,7 @@ def test_transfer_pact_from_store(tower_files, tmp_path):
                "--task-vector", f"mnist={tower_files['root'] / 'mnist.safetensors'}", "--alpha", "1.0", "--pact",
                "--pact-param", "K=4", "--pact-param", "k=2", "--out", str(out)])
     assert rc == 0
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(out.with_name(out.name + ".json").read_text())  # fileio.sidecar_path
     assert side["pact"] and side["target"]["name"] == "merged/task_arithmetic"
     # with one task and protect="others" PACT protects nothing: the plain sum
     assert side["diagnostics"]["removed_share"]["mnist"] == pytest.approx(0.0, abs=1e-12)

@@ -32,7 +32,7 @@ def test_transfer_evaluate(run_dir, tower_files, tmp_path, capsys):
     rc = main(["transfer", "--store", str(run_dir), "--target-name", "pretrained", "--alpha", "1.0",
                "--task-vector", f"digits={root / 'digits_hf.safetensors'}", "--evaluate", "--split", "val", "--out", str(out)])
     assert rc == 0
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(out.with_name(out.name + ".json").read_text())  # fileio.sidecar_path
     # alpha 1 on its own pre-trained encoder rebuilds the fine-tuned model: same accuracy as evaluating it directly
     ft = CheckpointStore(run_dir).load_state("finetuned/digits")
     assert side["accuracy"]["digits"] == pytest.approx(RunEvaluator(run_dir, split="val").accuracy("digits", ft))

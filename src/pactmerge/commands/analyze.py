@@ -46,39 +46,31 @@ def _task_file(spec: str) -> tuple[str, str]:
 
 def load_models(args):
     """(pretrained state, {task: fine-tuned state}, provenance) from a store or from plain files."""
+    from pactmerge.commands._models import ModelSource
     from pactmerge.errors import ConfigError, StageError
-    from pactmerge.interop.files import encoder_state, load_encoder_file
-    from pactmerge.interop.importer import conform
 
     if args.store:
         if args.pretrained or args.finetuned:
             raise ConfigError("give either --store or --pretrained/--finetuned files, not both")
-        from pactmerge.checkpoints import CheckpointStore
-
-        store = CheckpointStore(args.store, create=False)
-        if not store.has("pretrained"):
-            raise StageError(f"{args.store}: no pre-trained encoder ('pretrained') in this store; the analysis needs "
-                             "it: run `pactmerge run`/`finetune` or `pactmerge import` first")
-        have = [n.removeprefix("finetuned/") for n in store.names("finetuned/") if store.has(n)]
+        source = ModelSource(args.store)
+        pre = source.pretrained(why="the analysis")
+        have = source.finetuned_tasks()
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else have
         missing = [t for t in tasks if t not in have]
         if missing or not tasks:
             raise StageError(f"{args.store}: no fine-tuned model for {missing or 'any task'} (have: {have or 'none'}); "
                              "fine-tune or import them first")
-        pre = encoder_state(store.load_state("pretrained"), source=f"{args.store}:pretrained")[0]
-        ft = {t: encoder_state(store.load_state(f"finetuned/{t}"), source=f"{args.store}:finetuned/{t}")[0] for t in tasks}
-        return pre, ft, {"store": str(args.store)}
+        return pre, {t: source.from_store(f"finetuned/{t}") for t in tasks}, {"store": str(args.store)}
     if not args.pretrained or not args.finetuned:
         raise ConfigError("give --store RUN_DIR, or --pretrained FILE and --finetuned FILE ... (at least one)")
-    pre, _ = load_encoder_file(args.pretrained, trust_pickle=args.trust_pickle)
+    source = ModelSource(trust_pickle=args.trust_pickle)
+    pre = source.pretrained(args.pretrained)
     ft, files = {}, {}
     for spec in args.finetuned:
         task, path = _task_file(spec)
         if task in ft:
             raise ConfigError(f"--finetuned: two files for task {task!r}; name them TASK=FILE")
-        state, layout = load_encoder_file(path, trust_pickle=args.trust_pickle)
-        # a HF CLIPVisionModel has no projection: it was not fine-tuned, so it is the pre-trained one
-        ft[task], _ = conform(state, layout, pre, name=f"{path} (task {task!r})")
+        ft[task] = source.from_file(path, like=pre, name=f"{path} (task {task!r})")
         files[task] = path
     return pre, ft, {"pretrained": args.pretrained, "finetuned": files}
 

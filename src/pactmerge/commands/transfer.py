@@ -20,11 +20,15 @@ def add_arguments(parser):
     parser.add_argument("--pact-param", action="append", default=[], metavar="KEY=VALUE",
                         help="PACT parameter (e.g. K=15, k=8, protect=others); repeatable")
     parser.add_argument("--conv-as-matrix", action="store_true", help="treat convolution kernels as matrices for PACT")
-    parser.add_argument("--out", required=True, help="output *.safetensors (a JSON sidecar is written beside it)")
+    parser.add_argument("--out", required=True, help="output *.safetensors (its JSON sidecar *.safetensors.json is "
+                        "written beside it)")
     parser.add_argument("--evaluate", action="store_true", help="evaluate the result on the tasks (needs --store)")
     parser.add_argument("--split", choices=("val", "test"), default="test", help="split for --evaluate")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled torch files")
+    from pactmerge.commands._params import PACT_NS, add_param_flags
+
+    add_param_flags(parser, [PACT_NS])  # --pact-K, --pact-k, ... as `pactmerge merge` takes them
 
 
 def parse_task_vector(spec: str) -> tuple[str, str, str | None]:
@@ -41,65 +45,44 @@ def parse_task_vector(spec: str) -> tuple[str, str, str | None]:
     return task, rest, None
 
 
-def parse_params(items: list[str], option: str) -> dict:
-    """``KEY=VALUE`` items of ``option`` (values read as YAML scalars); ``ConfigError`` naming the option."""
-    from pactmerge.coerce import parse_key_values
-    from pactmerge.errors import ConfigError
-
-    try:
-        return parse_key_values(items, option)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def run(args) -> int:
     from pactmerge.analysis.transfer import TransferConfig, task_vector, transfer
-    from pactmerge.errors import ConfigError, StageError
-    from pactmerge.fileio import save_safetensors_atomic, sha256_file, write_json_atomic
-    from pactmerge.interop.files import encoder_state, load_encoder_file
-    from pactmerge.interop.importer import conform
+    from pactmerge.commands._models import ModelSource
+    from pactmerge.commands._params import collect_params
+    from pactmerge.errors import ConfigError
+    from pactmerge.fileio import check_weights_destination, write_weights_with_sidecar
 
-    store = None
-    if args.store:
-        from pactmerge.checkpoints import CheckpointStore
-
-        store = CheckpointStore(args.store, create=False)
+    source = ModelSource(args.store, trust_pickle=args.trust_pickle)
     if bool(args.target) == bool(args.target_name):
         raise ConfigError("give the target as --target FILE or as --store RUN_DIR --target-name NAME (one of them)")
     if args.target_name:
-        if store is None:
-            raise ConfigError("--target-name needs --store RUN_DIR")
-        target, _ = encoder_state(store.load_state(args.target_name), source=f"{args.store}:{args.target_name}")
-        target_desc = {"store": str(args.store), "name": args.target_name, "sha256": store.entry(args.target_name)["sha256"]}
+        source.require_store("--target-name")
+        target = source.from_store(args.target_name)
+        target_desc = {"store": str(args.store), "name": args.target_name,
+                       "sha256": source.store.entry(args.target_name)["sha256"]}
     else:
+        from pactmerge.interop.files import load_encoder_file
+
         target, layout = load_encoder_file(args.target, trust_pickle=args.trust_pickle)
         target_desc = {"file": str(args.target), "layout": layout}
     if not str(args.out).endswith(".safetensors"):
         raise ConfigError(f"--out {args.out}: name the output *.safetensors")
-    if args.evaluate and store is None:
+    if args.evaluate and source.store is None:
         raise ConfigError("--evaluate needs --store RUN_DIR (its model, data and heads)")
+    check_weights_destination(args.out, "--out")
+    _, pact_params = collect_params(args, items=args.pact_param, option="--pact-param", all_pact=True)
 
     vectors, sources = {}, {}
-    store_pretrained = None
     for spec in args.task_vector:
         task, ft_path, pt_path = parse_task_vector(spec)
         if task in vectors:
             raise ConfigError(f"--task-vector: task {task!r} given twice")
-        ft, ft_layout = load_encoder_file(ft_path, trust_pickle=args.trust_pickle)
-        if pt_path:
-            pt, _ = load_encoder_file(pt_path, trust_pickle=args.trust_pickle)
-        else:
-            if store is None:
-                raise StageError(f"--task-vector {spec!r}: no pre-trained file given and no --store to take it "
-                                 "from; write TASK=FINETUNED:PRETRAINED")
-            if store_pretrained is None:
-                store_pretrained = encoder_state(store.load_state("pretrained"), source=f"{args.store}:pretrained")[0]
-            pt = store_pretrained
-        ft, _ = conform(ft, ft_layout, pt, name=f"task {task!r} checkpoint {ft_path}")
+        pt = source.pretrained(pt_path, why=f"--task-vector {spec!r}", hint="write TASK=FINETUNED:PRETRAINED")
+        ft = source.from_file(ft_path, like=pt, name=f"task {task!r} checkpoint {ft_path}")
         vectors[task] = task_vector(ft, pt, name=f"task {task!r} ({ft_path})")
         sources[task] = {"finetuned": ft_path, "pretrained": pt_path or f"{args.store}:pretrained"}
 
-    cfg = TransferConfig(alpha=args.alpha, pact=args.pact, pact_params=parse_params(args.pact_param, "--pact-param"),
+    cfg = TransferConfig(alpha=args.alpha, pact=args.pact, pact_params=pact_params or {},
                          conv_as_matrix=args.conv_as_matrix)
     target_name = f"target {args.target or args.target_name}"
     state, diagnostics = transfer(target, vectors, cfg, target_name=target_name)
@@ -112,8 +95,8 @@ def run(args) -> int:
         sidecar["accuracy"] = {"split": args.split, **evaluator(state, list(vectors))}
         for t in vectors:
             print(f"{t}: {sidecar['accuracy'][t]:.4f} ({args.split})")
-    save_safetensors_atomic(args.out, state, metadata={"format": "pt", "pactmerge": "transfer"})
-    sidecar["sha256"] = sha256_file(args.out)
-    write_json_atomic(Path(args.out).with_suffix(".json"), sidecar)
-    print(args.out)
+
+    side = write_weights_with_sidecar(args.out, state, lambda sha256: {**sidecar, "sha256": sha256},
+                                      metadata={"format": "pt", "pactmerge": "transfer"})
+    print(f"{args.out} [{side.name}]")
     return 0
