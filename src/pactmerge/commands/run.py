@@ -38,6 +38,9 @@ def log_header(ctx) -> None:
         parts.append("joint")
     if cfg.comparisons.sequential:
         parts.append("sequential")
+    if cfg.pool is not None:  # published checkpoints: imported, not fine-tuned
+        parts = [f"import of {len(ctx.task_keys)} fine-tunes" + "".join(
+            f" + {n}" for n in ("joint", "sequential") if getattr(cfg.comparisons, n)) + " (pool)"]
     log.info("pactmerge run: model %s; tasks %s", cfg.model.name, ", ".join(ctx.task_keys))
     log.info("stages: %s; %d merges with alpha chosen on validation data; evaluation; report",
              ", ".join(parts), len(plan_merges(cfg.merge)))
@@ -65,6 +68,9 @@ def run(args):
         return 0
     from pactmerge.console import attach_run_log
 
+    from pactmerge.pipeline.replicates import refuse_replicate_dir
+
+    refuse_replicate_dir(cfg.output_dir)
     log_header(RunContext(cfg))
     with RunLock(cfg.output_dir):  # a bad model or data source fails before the directory is claimed
         ctx = open_study(cfg, force=args.force, config_text=text)
