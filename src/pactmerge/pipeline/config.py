@@ -3,25 +3,21 @@
 The dataclasses are the components' own typed constructors (``ModelSpec``, ``DataConfig``,
 ``Recipe``) plus the run-level sections below, so there is one config system. Loading is
 strict: an unknown key or a value of the wrong type is a ``ConfigError`` naming the dotted
-key, the file and the expected type.
+key, the file and the expected type (``pipeline.config_read`` reads files, ``--set`` overrides
+and the typed sections); ``validate`` then checks every value for meaning.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
-
-from pactmerge.coerce import coerce
-
 from pactmerge.datamodules import DataConfig
 from pactmerge.errors import ConfigError
+from pactmerge.pipeline.config_read import apply_overrides, from_dict, read_yaml_file, to_plain
 from pactmerge.pipeline.model_spec import ModelSpec
 from pactmerge.pipeline.pool import PoolConfig
 from pactmerge.pipeline.recipe import Recipe
@@ -53,6 +49,22 @@ class ComparisonsConfig:
 
 
 @dataclass
+class AdaMergingConfig:
+    """Layer-wise AdaMerging (``pipeline.adamerging``): λ per task and layer learned by entropy
+    minimisation on the tasks' unlabeled test images. ``variants``: which to build, "none"
+    (``adamerging``), "exact" / "randomized" (``pact+adamerging`` on task vectors cleaned by PACT
+    with ``merge.pact_params``); empty: AdaMerging is not run. ``init``: λ's start (paper: 0.3);
+    ``steps``: Adam steps; ``lr``: Adam's learning rate (paper: 1e-3); ``batch_size``: unlabeled
+    images per task per step (paper: 16)."""
+
+    variants: list[Literal["none", "exact", "randomized"]] = field(default_factory=list)
+    init: float = 0.3
+    steps: int = 100
+    lr: float = 0.001
+    batch_size: int = 16
+
+
+@dataclass
 class MergeConfig:
     """Merge methods to build and how to choose their scaling coefficient α."""
 
@@ -78,6 +90,7 @@ class MergeConfig:
     # precision of every evaluation's forward pass (pipeline.evaluate): "auto" (bf16 on CUDA and on
     # CPUs with native bf16 instructions, float32 elsewhere), "32" or "bf16"
     eval_precision: Literal["auto", "32", "bf16"] = "auto"
+    adamerging: AdaMergingConfig = field(default_factory=AdaMergingConfig)
 
 
 @dataclass
@@ -121,7 +134,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values of every option a user sets (the data options a study derives from
         the model and the recipe, ``_DERIVED_DATA_KEYS``, are left out)."""
-        d = _to_plain(self)
+        d = to_plain(self)
         for key in _DERIVED_DATA_KEYS:
             d["data"].pop(key, None)
         return d
@@ -142,18 +155,6 @@ class RunConfig:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {str(k): _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config (the embedded offline default when ``path`` is None).
 
@@ -162,44 +163,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     src = Path(path) if path is not None else DEFAULT_CONFIG
     if not src.is_file():
         raise ConfigError(f"{src}: no such config file")
-    raw = _read_yaml_file(src)
+    raw = read_yaml_file(src)
     if not isinstance(raw, dict):
         raise ConfigError(f"{src}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r}: expected dotted.key=value")
-        node = raw
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        try:
-            node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item}: the value of {key.strip()} is not valid YAML ({exc}); quote text "
-                              f"values, e.g. --set '{key.strip()}=\"...\"'") from None
+    apply_overrides(raw, overrides or [])
     _refuse_derived_data_keys(raw, str(src))
     cfg = from_dict(RunConfig, raw, where=str(src))
     validate(cfg, where=str(src))
     return cfg
-
-
-def _read_yaml_file(src: Path) -> Any:
-    """The YAML document of config file ``src`` (``{}`` when empty); ``ConfigError`` naming the file when it
-    is not UTF-8 text (a weights file given as a config) or not valid (also: unsafe) YAML."""
-    try:
-        text = src.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{src}: not a YAML config: it is not UTF-8 text (at byte {exc.start}); give a "
-                          "study config file (.yaml)") from None
-    except OSError as exc:
-        raise ConfigError(f"{src}: cannot be read ({exc.strerror or exc})") from None
-    try:
-        return yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{src}: not valid YAML ({exc})") from None
 
 
 # data options that a study derives from other sections: set them there
@@ -319,6 +290,15 @@ def _validate_merge(cfg: RunConfig, bad) -> None:
         if not (m.device == "cpu" or m.device == "cuda" or
                 (m.device.startswith("cuda:") and m.device[5:].isdigit())):
             raise bad("merge.device", f"= {m.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    a = m.adamerging
+    if not (_finite(a.init) and 0.0 <= a.init <= 1.0):
+        raise bad("merge.adamerging.init", f"= {a.init}: λ lives in [0, 1]; give a value in that range")
+    if a.steps < 1:
+        raise bad("merge.adamerging.steps", f"= {a.steps}: give at least 1 optimizer step")
+    if not (_finite(a.lr) and a.lr > 0):
+        raise bad("merge.adamerging.lr", f"= {a.lr}: the learning rate must be a positive number")
+    if a.batch_size < 1:
+        raise bad("merge.adamerging.batch_size", f"= {a.batch_size}: give at least 1 image per task and step")
     from pactmerge.errors import MergeError
     from pactmerge.merging import get_method
     from pactmerge.pipeline.merge_plan import plan_merges, resolved_params
@@ -351,38 +331,3 @@ def _validate_cluster(cfg: RunConfig, bad) -> None:
         raise bad("cluster.num_nodes", f"= {cfg.cluster.num_nodes} must be >= 1")
     if cfg.cluster.signal_seconds < 0:
         raise bad("cluster.signal_seconds", f"= {cfg.cluster.signal_seconds} must be >= 0 (0: no requeue signal)")
-
-
-def from_dict(cls: type, data: Mapping[str, Any], *, where: str = "config", prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, checking every key and type."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: {prefix or 'top level'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key {dotted!r}; known keys here: {', '.join(sorted(names))}")
-        kwargs[key] = _coerce(hints[key], value, where=where, key=dotted)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"{where}: section {prefix.rstrip('.') or 'top level'}: {exc}") from exc
-
-
-def _coerce(tp: Any, value: Any, *, where: str, key: str) -> Any:
-    """``value`` as type ``tp`` through the shared coercer (``pactmerge.coerce``); nested sections
-    are read by ``from_dict``. Errors are ``ConfigError`` naming the file and the dotted key."""
-    def section(cls: type, data: Any, _where: str) -> Any:
-        return from_dict(cls, data or {}, where=where, prefix=f"{key}.")
-
-    try:
-        return coerce(value, tp, f"{where}: {key}", dataclass_hook=section)
-    except ConfigError:
-        raise
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return value

@@ -100,6 +100,16 @@ def resolved_params(planned: PlannedMerge) -> dict[str, Any]:
 
 
 # -- the entries of a study's stages -------------------------------------------------------------------
+ADAMERGING_IDS = {"none": "adamerging", "exact": "pact+adamerging", "randomized": "pact+adamerging-rsvd"}
+
+
+def adamerging_ids(merge_cfg: Any) -> list[str]:
+    """The merged entries (``merged/<id>``) that ``merge.adamerging.variants`` ask for (built by the
+    ``adamerging`` stage, ``pipeline.adamerging``)."""
+    ada = getattr(merge_cfg, "adamerging", None)
+    return [ADAMERGING_IDS[v] for v in (ada.variants if ada is not None else [])]
+
+
 def stage_entries(cfg: Any, task_keys: Sequence[str], merge_ids: Sequence[str] | None = None
                   ) -> list[tuple[str, list[str]]]:
     """(stage, the store entries it produces) of a study in the order it runs them: ``prepare``,
@@ -115,7 +125,9 @@ def stage_entries(cfg: Any, task_keys: Sequence[str], merge_ids: Sequence[str] |
     plan += [(f"finetune_{n}", [n]) for n in ("joint", "sequential") if getattr(cfg.comparisons, n)]
     if getattr(cfg, "pool", None) is not None:  # one import stage instead of the fine-tunes
         plan[1:] = [("import", [e for _, entries in plan[1:] for e in entries])]
-    return plan + [("merge", [f"merged/{i}" for i in ids])]
+    plan.append(("merge", [f"merged/{i}" for i in ids]))
+    ada = adamerging_ids(cfg.merge)
+    return plan + ([("adamerging", [f"merged/{i}" for i in ada])] if ada else [])
 
 
 def evaluation_entries(cfg: Any, task_keys: Sequence[str], merge_ids: Sequence[str] | None = None
@@ -127,4 +139,4 @@ def evaluation_entries(cfg: Any, task_keys: Sequence[str], merge_ids: Sequence[s
     plan += [(f"finetuned/{t}", [t]) for t in keys]
     plan += [(n, keys) for n in ("joint", "sequential") if getattr(cfg.comparisons, n)]
     ids = [p.id for p in plan_merges(cfg.merge)] if merge_ids is None else list(merge_ids)
-    return plan + [(f"merged/{i}", keys) for i in ids]
+    return plan + [(f"merged/{i}", keys) for i in [*ids, *adamerging_ids(cfg.merge)]]

@@ -62,6 +62,7 @@ def collect_rows(store: CheckpointStore, tasks: list[str]) -> list[dict[str, Any
         e = store.entry(name)
         add(name.split("/", 1)[1], "merged", e.get("metrics", {}).get("test", {}), name, method=e.get("method"),
             alpha=e.get("alpha"), alpha_search=e.get("alpha_search"), diagnostics_file=e.get("diagnostics_file"),
+            data_use=e.get("data_use"),
             timings=e.get("timings"))
     return rows
 
@@ -208,6 +209,9 @@ def markdown_table(rows: list[dict[str, Any]], tasks: list[str], uncertainty: di
                  alpha_cell]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
+    users = [r for r in rows if r.get("data_use")]
+    if users:  # merges that learn from data say which (the data-free ones use only validation data for α)
+        text += "\n" + " ".join(f"`{r['name']}` saw {r['data_use']}." for r in users) + "\n"
     if uncertainty:
         text += (f"\navg abs. ± half-width of its 95% interval; gain vs plain: a `pact+` row minus its plain method, "
                  f"paired on the same test examples ({uncertainty['resamples']} bootstrap resamples of the test "

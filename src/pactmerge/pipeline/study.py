@@ -62,7 +62,12 @@ def stage_plan(ctx: RunContext) -> list[tuple[str, Callable[[], bool]]]:
         from pactmerge.pipeline.pool import import_pool
 
         plan[1:] = [("import", lambda: import_pool(ctx))]
-    plan += [("merge", lambda: _merge(ctx)), ("evaluate", lambda: stages.evaluate(ctx))]
+    plan.append(("merge", lambda: _merge(ctx)))
+    if ctx.cfg.merge.adamerging.variants:
+        from pactmerge.pipeline.adamerging import run_adamerging
+
+        plan.append(("adamerging", lambda: run_adamerging(ctx)))
+    plan.append(("evaluate", lambda: stages.evaluate(ctx)))
     return plan
 
 
