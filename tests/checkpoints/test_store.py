@@ -4,7 +4,7 @@ import multiprocessing as mp
 import pytest
 import torch
 
-from pactmerge.checkpoints import CheckpointStore, import_open_clip, state_sha256
+from pactmerge.checkpoints import CheckpointStore, state_sha256
 from pactmerge.errors import CheckpointError
 
 CFG = {"name": "tiny", "embed_dim": 32, "vision_cfg": {"width": 32, "layers": 2}}
@@ -86,20 +86,3 @@ def test_state_sha256_is_content_based():
     assert state_sha256(a) == state_sha256(b)
     b["a.weight"][0, 0] += 1
     assert state_sha256(a) != state_sha256(b)
-
-
-def test_import_open_clip(tmp_path):
-    full = {"module.visual.conv1.weight": torch.ones(2), "visual.proj": torch.zeros(3), "token_embedding.weight": torch.ones(1)}
-    torch.save(full, tmp_path / "clip.pt")
-    assert set(import_open_clip(tmp_path / "clip.pt")) == {"conv1.weight", "proj"}
-    torch.save({"text.x": torch.ones(1)}, tmp_path / "text.pt")
-    with pytest.raises(CheckpointError, match="no image-tower keys"):
-        import_open_clip(tmp_path / "text.pt")
-    # an open_clip training checkpoint: state_dict plus pickled arguments, loaded only when trusted
-    import argparse
-
-    ckpt = {"state_dict": {"module.visual.a": torch.ones(1)}, "args": argparse.Namespace(lr=1e-5)}
-    torch.save(ckpt, tmp_path / "pickle.pt")
-    with pytest.raises(CheckpointError, match="trust-pickle"):
-        import_open_clip(tmp_path / "pickle.pt")
-    assert set(import_open_clip(tmp_path / "pickle.pt", trust_pickle=True)) == {"a"}

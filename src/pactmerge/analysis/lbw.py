@@ -28,7 +28,7 @@ import torch
 
 from pactmerge.analysis.subspaces import energy_share, interference_matrix, key_spaces, similarity_matrix
 from pactmerge.errors import ConfigError, MergeError
-from pactmerge.merging import resolve_device
+from pactmerge.merging import as_matrix, resolve_device
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -91,7 +91,7 @@ def component_of(key: str) -> str:
 def check_compatible(pretrained: Mapping[str, Tensor], finetuned: Mapping[str, Mapping[str, Tensor]]) -> None:
     """Raise ``MergeError`` naming the model and the keys when a fine-tuned state differs from
     the pre-trained one in key names or shapes."""
-    from pactmerge.interop.files import require_same_layout
+    from pactmerge.merging.sources import require_same_layout
 
     for name, sd in finetuned.items():
         require_same_layout(pretrained, sd, ref_name="the pre-trained encoder", other_name=name, error=MergeError)
@@ -102,10 +102,6 @@ def _matrix_keys(pretrained: Mapping[str, Tensor], cfg: LBWConfig) -> list[str]:
 
     policy = KeyPolicy(conv_as_matrix=cfg.conv_as_matrix, exclude=tuple(cfg.exclude))
     return [k for k, v in pretrained.items() if policy.kind(k, v) == "matrix"]
-
-
-def _as_matrix(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1) if t.dim() > 2 else t
 
 
 def make_pact_config(params: Mapping[str, Any], shape: tuple[int, int] | None = None):
@@ -150,7 +146,7 @@ def _mean_matrix(mats: list[list[list[float]]]) -> list[list[float]]:
 
 def analyze_key(w0: Tensor, taus: list[Tensor], tasks: list[str], cfg: LBWConfig, key: str = "<matrix>") -> dict[str, Any]:
     """All diagnostics of one matrix key (``w0`` and ``taus`` of equal shape; >2-D are viewed as (out, rest))."""
-    w0m, tm = _as_matrix(w0), [_as_matrix(t) for t in taus]
+    w0m, tm = as_matrix(w0), [as_matrix(t) for t in taus]
     spaces = key_spaces(w0m, tm, cfg.K, cfg.k, cfg.rtol, cfg.svd)
     rec: dict[str, Any] = {
         "shape": list(w0m.shape),

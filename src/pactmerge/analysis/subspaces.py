@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pactmerge.merging.linalg import orth as linalg_orth
+
 Tensor = torch.Tensor
 
 
@@ -40,15 +42,9 @@ def top_right_vectors(a: Tensor, r: int, svd: str = "exact") -> Tensor:
 
 
 def orth(a: Tensor, rtol: float = 1e-6) -> Tensor:
-    """Rank-revealing orthonormal basis of the column space of ``a`` (n, c) -> (n, r), from an SVD;
-    directions whose singular value is below ``rtol`` times the largest are dropped."""
-    a = a.to(torch.float64)
-    if a.numel() == 0:
-        return a.new_zeros(a.shape[0], 0)
-    u, s, _ = torch.linalg.svd(a, full_matrices=False)
-    if s.numel() == 0 or s[0] <= 0:
-        return a.new_zeros(a.shape[0], 0)
-    return u[:, s > s[0] * rtol].contiguous()
+    """Rank-revealing orthonormal basis of the column space of ``a`` (n, c) -> (n, r) float64: the
+    merging core's ``linalg.orth`` (directions with singular value below ``rtol`` times the largest dropped)."""
+    return linalg_orth(a.to(torch.float64), rtol)
 
 
 def energy_share(tau: Tensor, basis: Tensor) -> float:

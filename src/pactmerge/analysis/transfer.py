@@ -16,8 +16,10 @@ from typing import Any, Mapping
 
 import torch
 
-from pactmerge.errors import ConfigError, MergeError
-from pactmerge.interop.files import require_same_layout
+from pactmerge.analysis.lbw import make_pact_config
+from pactmerge.errors import ConfigError
+from pactmerge.merging import KeyPolicy, TaskVector, clean_task_vectors
+from pactmerge.merging.sources import require_same_layout
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -35,14 +37,9 @@ class TransferConfig:
     exclude: tuple[str, ...] = ()
 
 
-def task_vector(finetuned: Mapping[str, Tensor], pretrained: Mapping[str, Tensor], *, name: str) -> dict[str, Tensor]:
+def task_vector(finetuned: Mapping[str, Tensor], pretrained: Mapping[str, Tensor], *, name: str) -> TaskVector:
     """``θt − θ0`` in float32 on the floating-point keys; key or shape differences raise ``MergeError``."""
-    require_same_layout(pretrained, finetuned, ref_name="its pre-trained encoder", other_name=name, error=MergeError)
-    return {
-        k: finetuned[k].detach().to(torch.float32) - v.detach().to(torch.float32)
-        for k, v in pretrained.items()
-        if v.is_floating_point()
-    }
+    return TaskVector.from_state_dicts(pretrained, finetuned, name=name, pretrained_name="its pre-trained encoder")
 
 
 def transfer(
@@ -57,47 +54,24 @@ def transfer(
         raise ConfigError("transfer needs at least one task vector (--task-vector TASK=FILE)")
     floats = {k: v for k, v in target.items() if v.is_floating_point()}
     for name, tv in task_vectors.items():
-        require_same_layout(floats, tv, ref_name=target_name, other_name=f"task vector {name!r}", error=MergeError)
+        require_same_layout(floats, tv, ref_name=target_name, other_name=f"task vector {name!r}")
     names = list(task_vectors)
-    matrix_keys: set[str] = set()
-    if cfg.pact:
-        from pactmerge.merging import KeyPolicy
-
-        policy = KeyPolicy(conv_as_matrix=cfg.conv_as_matrix, exclude=tuple(cfg.exclude))
-        matrix_keys = {k for k, v in floats.items() if policy.kind(k, v) == "matrix"}
-    removed = {n: 0.0 for n in names}
-    total = {n: 0.0 for n in names}
-    per_key: dict[str, dict[str, float]] = {}
-    out: dict[str, Tensor] = {}
-    for key, w in target.items():
-        if not w.is_floating_point():
-            out[key] = w.clone()
-            continue
-        taus = [task_vectors[n][key].detach().to(torch.float64) for n in names]
-        if key in matrix_keys:
-            cleaned = _pact(w, taus, cfg, key)
-            per_key[key] = {}
-            for n, before, after in zip(names, taus, cleaned):
-                b, a = float(before.square().sum()), float(after.square().sum())
-                total[n] += b
-                removed[n] += b - a
-                per_key[key][n] = (b - a) / b if b > 0 else 0.0
-            taus = cleaned
-        delta = torch.stack(taus).sum(0) if len(taus) > 1 else taus[0]
-        out[key] = (w.detach().to(torch.float64) + cfg.alpha * delta).to(w.dtype)
+    vectors = [TaskVector({k: v.detach().to(torch.float32) for k, v in task_vectors[n].items()}) for n in names]
     diagnostics: dict[str, Any] = {"alpha": cfg.alpha, "tasks": names, "pact": cfg.pact}
     if cfg.pact:
-        diagnostics["removed_share"] = {n: (removed[n] / total[n] if total[n] > 0 else 0.0) for n in names}
+        cleaned, summary = clean_task_vectors(
+            target, vectors, make_pact_config(cfg.pact_params),
+            key_policy=KeyPolicy(conv_as_matrix=cfg.conv_as_matrix, exclude=tuple(cfg.exclude)), clip_ranks=True,
+        )
+        per_key = {key: {n: rows[i]["removed_share"] for i, n in enumerate(names)} for key, rows in summary["keys"].items()}
+        before = [{k: float(v.double().square().sum()) for k, v in tv.items()} for tv in vectors]
+        after = [{k: float(v.double().square().sum()) for k, v in tv.items()} for tv in cleaned]
+        share = {}
+        for i, n in enumerate(names):
+            total = sum(before[i][k] for k in per_key)
+            share[n] = sum(before[i][k] - after[i][k] for k in per_key) / total if total > 0 else 0.0
+        diagnostics["removed_share"] = share
         diagnostics["removed_share_per_key"] = per_key
-    return out, diagnostics
-
-
-def _pact(w0: Tensor, taus: list[Tensor], cfg: TransferConfig, key: str) -> list[Tensor]:
-    from pactmerge.analysis.lbw import make_pact_config
-    from pactmerge.merging import pact_filter
-
-    shape = w0.shape
-    # convolution kernels viewed as (out, in·kh·kw), as the merges do
-    w0m = w0.detach().to(torch.float64).reshape(shape[0], -1)
-    cleaned, _ = pact_filter(w0m, [t.reshape(shape[0], -1) for t in taus], make_pact_config(cfg.pact_params, tuple(w0m.shape)), key)
-    return [c.to(torch.float64).reshape(shape) for c in cleaned]
+        vectors = cleaned
+    delta = sum(vectors)
+    return delta.apply_to(target, cfg.alpha), diagnostics

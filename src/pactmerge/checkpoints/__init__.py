@@ -7,7 +7,7 @@ stays fast.
 
 from pactmerge.checkpoints.manifest import MANIFEST, ManifestError
 
-_FROM_STORE = ("CheckpointStore", "import_open_clip", "package_versions", "state_sha256")
+_FROM_STORE = ("CheckpointStore", "package_versions", "state_sha256")
 
 __all__ = ["MANIFEST", "ManifestError", *_FROM_STORE]
 

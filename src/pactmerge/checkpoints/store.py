@@ -201,14 +201,3 @@ class CheckpointStore:
         path = self.root / "lightning" / stage
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-
-def import_open_clip(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The image-tower state dict (``visual.`` prefix stripped) of an open_clip full-model state dict file."""
-    sd = load_state_dict(path, trust_pickle=trust_pickle)
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    visual = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
-    if not visual:
-        raise CheckpointError(f"{path}: no image-tower keys ('visual.*') in this file; is it an open_clip CLIP "
-                              f"state dict? (first keys: {list(sd)[:3]})")
-    return visual

@@ -10,6 +10,8 @@ import torch
 
 from pactmerge.errors import CheckpointError
 from pactmerge.interop.layout import detect_layout, to_open_clip
+from pactmerge.merging.keys import normalize_keys
+from pactmerge.merging.sources import layout_differences as describe_differences  # noqa: F401 (interop.importer)
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -23,13 +25,11 @@ def encoder_state(state: Mapping[str, Tensor], *, source: str = "state dict") ->
     with a ``module.`` prefix removed and, for a whole open_clip CLIP, only its ``visual.*``
     keys (``"other"``).
     """
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = normalize_keys(state)
     try:
         detect_layout(state, source=source)
     except CheckpointError:
-        if any(k.startswith("visual.") for k in state):
-            return {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}, "other"
-        return dict(state), "other"
+        return normalize_keys(state, tower=True), "other"
     return to_open_clip(state, source=source)
 
 
@@ -58,8 +58,7 @@ def load_clip_file(path: str | Path, *, trust_pickle: bool = False,
     from pactmerge.interop.text import hf_text_prefix, hf_text_to_open_clip
 
     file = weights_file(path)
-    raw = {k.removeprefix("module."): v for k, v in
-           read_state_file(file, trust_pickle=trust_pickle, legacy_pickle=legacy_pickle).items()}
+    raw = normalize_keys(read_state_file(file, trust_pickle=trust_pickle, legacy_pickle=legacy_pickle))
     try:
         det = detect_layout(raw, source=str(file))
     except CheckpointError:
@@ -89,36 +88,3 @@ def _weights_in_dir(directory: Path) -> Path:
     shards = sorted(directory.glob("*.safetensors.index.json"))
     hint = " (sharded checkpoints are not supported: save the encoder as one file)" if shards else ""
     raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin in this directory{hint}")
-
-
-def describe_differences(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, limit: int = 8) -> list[str]:
-    """Human-readable differences between two states' key sets and shapes (empty when they match)."""
-    missing = sorted(set(reference) - set(other))
-    extra = sorted(set(other) - set(reference))
-    shapes = sorted(k for k in set(other) & set(reference) if tuple(other[k].shape) != tuple(reference[k].shape))
-
-    def cut(keys: list[str]) -> str:
-        return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {cut(missing)}")
-    if extra:
-        parts.append(f"unexpected keys: {cut(extra)}")
-    if shapes:
-        parts.append(
-            "different shapes: "
-            + cut([f"{k} {tuple(other[k].shape)} instead of {tuple(reference[k].shape)}" for k in shapes])
-        )
-    return parts
-
-
-def require_same_layout(
-    reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, ref_name: str, other_name: str, error=CheckpointError
-) -> None:
-    """Raise ``error`` naming the differing keys when ``other`` does not have ``reference``'s keys and shapes."""
-    parts = describe_differences(reference, other)
-    if parts:
-        raise error(
-            f"{other_name} does not match {ref_name} ({'; '.join(parts)}); the models must share one architecture and size"
-        )

@@ -27,7 +27,7 @@ from pactmerge.merging.keys import KeyPolicy, matrix_shape
 from pactmerge.merging.registry import get_method, resolve_params
 from pactmerge.merging.sources import DictSource, check_finite, fingerprint, open_source, validate_sources
 from pactmerge.merging.spec import KeyContext
-from pactmerge.merging.task_vector import apply_task_vector
+from pactmerge.merging.task_vector import TaskVector, apply_task_vector
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ class MergeResult:
     diagnostics: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     pact_params: dict | None = None
+
+    @property
+    def task_vector(self) -> TaskVector:
+        """The merged task vector ``tau`` as a ``TaskVector`` (shares its tensors)."""
+        return TaskVector(self.tau)
 
     def apply(self, pretrained: Mapping[str, Tensor], alpha: float | None = None) -> dict[str, Tensor]:
         """``theta0 + alpha * tau`` (``default_alpha`` when ``alpha`` is None), in ``theta0``'s dtypes;

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, TypeVar
 
 import torch
+from torch import Tensor
 
 KeyKind = Literal["matrix", "vector", "int"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,24 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return m, n
 
 
+def as_matrix(t: Tensor) -> Tensor:
+    """``t`` as the matrix the SVD methods and PACT decompose: 2-D as is, a conv kernel (out, in, kh, kw)
+    viewed as (out, in*kh*kw) (see ``matrix_shape``)."""
+    return t.reshape(matrix_shape(tuple(t.shape))) if t.dim() > 2 else t
+
+
+WRAPPER_PREFIX = "module."  # DataParallel / DistributedDataParallel
+TOWER_PREFIX = "visual."  # the image tower inside a whole open_clip CLIP
+
+
+def normalize_keys(state: Mapping[str, T], *, tower: bool = False) -> dict[str, T]:
+    """The one key-prefix normaliser: ``module.`` removed from every key; with ``tower``, when any
+    key starts with ``visual.``, only those keys, with ``visual.`` removed (a whole open_clip CLIP's
+    image tower). A state without those prefixes comes back as a plain copy."""
+    out = {k.removeprefix(WRAPPER_PREFIX): v for k, v in state.items()}
+    if tower and any(k.startswith(TOWER_PREFIX) for k in out):
+        out = {k.removeprefix(TOWER_PREFIX): v for k, v in out.items() if k.startswith(TOWER_PREFIX)}
+    return out
 
 
 def layer_of(key: str) -> str:

@@ -21,17 +21,20 @@ may use a randomized SVD (``svd="randomized"``); steps 3-4 are exact.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from pactmerge.errors import MergeError
-from pactmerge.merging.keys import layer_of
+from pactmerge.merging.keys import KeyPolicy, as_matrix, layer_of
 from pactmerge.merging.linalg import energy_rank, orth_masked, top_svd
 from pactmerge.merging.params import SVDOptions
+from pactmerge.merging.sources import require_same_layout
+from pactmerge.merging.task_vector import TaskVector
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def pact_filter_batch(
     cleaned = taus if inplace else torch.empty_like(taus)
     stats = torch.zeros(4, T, B, dtype=torch.float64)  # before, after, total, kept
     for t in range(T):  # one task at a time in float64 keeps the working set at one task vector
-        t64 = taus[t].double()
+        t64 = taus[t].to(torch.float64, copy=True)  # a copy: with inplace, cleaned[t] overwrites taus[t]
         c64 = torch.where(skipped[t][:, None, None], t64, t64 - (t64 @ P[t]) @ P[t].mT)
         cleaned[t] = c64.to(taus.dtype)
         stats[0, t] = (t64 @ V0).pow(2).sum((-2, -1)).cpu()
@@ -216,6 +219,52 @@ def pact_filter(
     stacked = torch.stack([t for t in taus]).unsqueeze(1)  # (T, 1, m, n)
     cleaned, diags = pact_filter_batch(w0.unsqueeze(0), stacked, config, [key], svd, task_ids)
     return list(cleaned[:, 0].unbind(0)), diags[0]
+
+
+def clean_task_vectors(
+    pretrained: Mapping[str, Tensor],
+    task_vectors: Sequence[Mapping[str, Tensor]],
+    config: PACTConfig | None = None,
+    *,
+    key_policy: KeyPolicy | None = None,
+    svd: SVDOptions | None = None,
+    task_ids: Sequence[str] | None = None,
+    clip_ranks: bool = False,
+) -> tuple[list[TaskVector], dict]:
+    """PACT on whole task vectors: each task vector cleaned against ``pretrained``'s weights.
+
+    ``task_vectors``: T mappings (``TaskVector`` or dicts) with exactly the floating-point keys and
+    shapes of ``pretrained``. Every matrix key (``key_policy``, then ``config.include``/``exclude``)
+    is cleaned against ``pretrained[key]`` as ``W0`` (a conv kernel viewed as (out, in*kh*kw)), in
+    float64; every other key is returned unchanged. ``clip_ranks``: fixed K and k larger than a
+    key's ``min(m, n)`` are clipped to it instead of refused. Returns (T cleaned ``TaskVector``s in
+    float32, in the order given; the diagnostics as ``summarize`` gives them).
+    """
+    config = config or PACTConfig()
+    policy = key_policy or KeyPolicy()
+    if not task_vectors:
+        raise MergeError("PACT needs at least one task vector")
+    floats = {k: v for k, v in pretrained.items() if v.is_floating_point()}
+    for i, tv in enumerate(task_vectors):
+        require_same_layout(floats, tv, ref_name="the pre-trained model", other_name=f"task vector {i + 1}")
+    out: list[dict[str, Tensor]] = [{} for _ in task_vectors]
+    per_key: dict[str, list[dict]] = {}
+    for key, w0 in floats.items():
+        taus = [tv[key] for tv in task_vectors]
+        if policy.kind(key, w0) != "matrix" or not policy.pact_applies(key) or not config.applies(key):
+            for t, tau in enumerate(taus):
+                out[t][key] = tau.detach().to(torch.float32)
+            continue
+        w0m = as_matrix(w0.detach()).to(torch.float64)
+        cfg = config
+        if clip_ranks:
+            cfg = dataclasses.replace(config, K=min(config.K, *w0m.shape), k=min(config.k, *w0m.shape))
+        stacked = torch.stack([as_matrix(t.detach()).to(device=w0m.device, dtype=torch.float64) for t in taus])
+        cleaned, diags = pact_filter_batch(w0m.unsqueeze(0), stacked.unsqueeze(1), cfg, [key], svd, task_ids, inplace=True)
+        per_key[key] = diags[0]
+        for t in range(len(taus)):
+            out[t][key] = cleaned[t, 0].reshape(w0.shape).to(torch.float32)
+    return [TaskVector(v) for v in out], summarize(per_key)
 
 
 def summarize(per_key: dict[str, list[dict]]) -> dict:

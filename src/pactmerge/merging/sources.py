@@ -164,6 +164,40 @@ def open_source(path: str | os.PathLike, name: str) -> DictSource | FileSource:
     return DictSource(load_state_dict(path), name, identity=file_identity(path))
 
 
+def layout_differences(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, limit: int = 8) -> list[str]:
+    """Human-readable differences between two states' key sets and shapes (empty when they match)."""
+    missing = sorted(set(reference) - set(other))
+    extra = sorted(set(other) - set(reference))
+    shapes = sorted(k for k in set(other) & set(reference) if tuple(other[k].shape) != tuple(reference[k].shape))
+
+    def cut(keys: list[str]) -> str:
+        return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {cut(missing)}")
+    if extra:
+        parts.append(f"unexpected keys: {cut(extra)}")
+    if shapes:
+        parts.append(
+            "different shapes: "
+            + cut([f"{k} {tuple(other[k].shape)} instead of {tuple(reference[k].shape)}" for k in shapes])
+        )
+    return parts
+
+
+def require_same_layout(
+    reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, ref_name: str, other_name: str, error=MergeError
+) -> None:
+    """Raise ``error`` naming every differing key when ``other`` lacks ``reference``'s keys and shapes
+    (the check for two in-memory states; ``validate_sources`` is the merge's, over sources)."""
+    parts = layout_differences(reference, other)
+    if parts:
+        raise error(
+            f"{other_name} does not match {ref_name} ({'; '.join(parts)}); the models must share one architecture and size"
+        )
+
+
 def validate_sources(pretrained, finetuned: Sequence) -> None:
     """Every fine-tuned model has exactly the pre-trained keys with the same shapes.
 

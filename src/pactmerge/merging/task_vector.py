@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from pactmerge.errors import MergeError
-from pactmerge.merging.sources import DictSource, check_finite, validate_sources
+from pactmerge.merging.sources import DictSource, check_finite, require_same_layout, validate_sources
 
 
 class TaskVector(Mapping[str, Tensor]):
@@ -24,9 +24,21 @@ class TaskVector(Mapping[str, Tensor]):
         self._v = {k: v.detach() for k, v in vector.items()}
 
     @classmethod
-    def from_state_dicts(cls, pretrained: Mapping[str, Tensor], finetuned: Mapping[str, Tensor]) -> "TaskVector":
-        """``finetuned - pretrained`` in float32 for every floating-point key (integer buffers skipped)."""
-        pre, ft = DictSource(pretrained, "the pre-trained model"), DictSource(finetuned, "the fine-tuned model")
+    def from_state_dicts(
+        cls,
+        pretrained: Mapping[str, Tensor],
+        finetuned: Mapping[str, Tensor],
+        *,
+        name: str = "the fine-tuned model",
+        pretrained_name: str = "the pre-trained model",
+    ) -> "TaskVector":
+        """``finetuned - pretrained`` in float32 for every floating-point key (integer buffers skipped).
+
+        A key or shape difference is a ``MergeError`` naming every differing key and both models
+        (``name``, ``pretrained_name``); so is a NaN/Inf or a float key that is an integer in the other.
+        """
+        require_same_layout(pretrained, finetuned, ref_name=pretrained_name, other_name=name)
+        pre, ft = DictSource(pretrained, pretrained_name), DictSource(finetuned, name)
         validate_sources(pre, [ft])
         out = {}
         for key, base in pretrained.items():
@@ -73,6 +85,10 @@ class TaskVector(Mapping[str, Tensor]):
         return TaskVector({k: v * scalar for k, v in self._v.items()})
 
     __rmul__ = __mul__
+
+    def to_dict(self) -> dict[str, Tensor]:
+        """A plain ``{key: tensor}`` dict (the tensors are shared, not copied)."""
+        return dict(self._v)
 
     def norm(self) -> float:
         """Frobenius norm over all keys."""

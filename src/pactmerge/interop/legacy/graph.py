@@ -21,6 +21,7 @@ import torch
 from pactmerge.errors import CheckpointError
 from pactmerge.interop.layout import detect_layout, hf_to_open_clip
 from pactmerge.interop.legacy.unpickler import LegacyObject
+from pactmerge.merging.keys import normalize_keys
 
 Tensor = torch.Tensor
 
@@ -43,7 +44,7 @@ def flatten(obj: Any) -> dict[str, Tensor]:
     """Every tensor reachable from ``obj`` under its dotted ``state_dict`` name (``module.`` dropped)."""
     flat: dict[str, Tensor] = {}
     _walk(obj, "", flat, set())
-    return {k.removeprefix("module."): v for k, v in flat.items()}
+    return normalize_keys(flat)
 
 
 def _walk(obj: Any, prefix: str, out: dict[str, Tensor], seen: set[int]) -> None:
