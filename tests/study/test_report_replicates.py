@@ -81,6 +81,10 @@ def test_two_seed_study_resumes_and_reports_mean_and_std(tiny_config, tmp_path, 
     for s in (0, 1):
         after = json.loads((run / f"seed-{s}" / "manifest.json").read_text())["entries"]
         assert {n: e["sha256"] for n, e in after.items()} == {n: e["sha256"] for n, e in manifests[s].items()}
+    # a single study is refused in a directory of replicates
+    assert main(["run", str(cfg)]) == 2
+    assert "holds seed replicates (seed-0, seed-1)" in capsys.readouterr().err
+    assert not (run / "run.json").exists()
     # the report regenerates from the directory alone
     (run / "results.md").unlink()
     assert main(["report", str(run)]) == 0 and (run / "results.md").is_file()

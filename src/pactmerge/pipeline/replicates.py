@@ -43,6 +43,15 @@ def seed_dirs(run_dir: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def refuse_replicate_dir(run_dir: str | Path) -> None:
+    """``StageError`` when ``run_dir`` holds seed replicates: a single study does not go there."""
+    found = seed_dirs(run_dir)
+    if found:
+        raise StageError(f"{run_dir} holds seed replicates ({', '.join(SEED_DIR.format(s) for s in found)}); "
+                         "run them with their seeds (seeds: [...] or --seeds), or give a single study another "
+                         "output_dir")
+
+
 def replicate_config(cfg, seed: int):
     """``cfg`` for one replicate: ``seed`` and ``recipe.seed`` = ``seed``, no ``seeds``, output in
     ``<output_dir>/seed-<seed>``."""
