@@ -1,16 +1,12 @@
 """A tiny open_clip ViT tower and fine-tuned variants of it, saved as plain files."""
 
+import fixtures
 import pytest
 import torch
 
 
 def tiny_tower_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
-
-    torch.manual_seed(seed)
-    cfg = CLIPVisionCfg(layers=2, width=32, head_width=8, image_size=32, patch_size=8, mlp_ratio=2.0)
-    tower = _build_vision_tower(16, cfg, quick_gelu=True)
-    return {k: v.detach().clone() for k, v in tower.state_dict().items()}
+    return fixtures.tiny_tower_state(seed, quick_gelu=True)
 
 
 @pytest.fixture(scope="session")
@@ -36,15 +32,10 @@ def tower_files(tmp_path_factory):
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory, tower_files):
     """A run directory made by ``pactmerge import``: tiny ViT, offline task ``digits``, small eval split."""
-    import json
-
     from pactmerge.cli import main
 
     d = tmp_path_factory.mktemp("run")
-    cfg = {"embed_dim": 16, "quick_gelu": True,
-           "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8, "mlp_ratio": 2.0},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1}}
-    (d / "tiny_vit.json").write_text(json.dumps(cfg))
+    fixtures.tiny_vit_config(d, "tiny_vit", quick_gelu=True)
     (d / "base.yaml").write_text("data:\n  num_workers: 0\n  max_eval: 48\n  max_train: 48\n")
     root = tower_files["root"]
     rc = main(["import", "--store", str(d / "run"), "--model", "tiny_vit", "--model-config", str(d / "tiny_vit.json"),

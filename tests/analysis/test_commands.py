@@ -100,7 +100,7 @@ def test_transfer_refusals(tower_files, tmp_path, capsys):
     rc = main(base + ["--target", str(tmp_path / "wide.safetensors"), "--task-vector",
                       f"mnist={root / 'mnist.safetensors'}:{root / 'pretrained.safetensors'}"])
     err = capsys.readouterr().err
-    assert rc == 2 and "does not match target" in err and "proj (32, 16) instead of (32, 24)" in err
+    assert rc == 2 and "does not match target" in err and "proj (32, 32) instead of (32, 24)" in err
     rc = main(base + ["--target", str(root / "pretrained.safetensors"), "--task-vector", f"mnist={root / 'mnist.safetensors'}"])
     assert rc == 2 and "no pre-trained file given and no --store" in capsys.readouterr().err
     rc = main(base + ["--target", str(root / "pretrained.safetensors"), "--evaluate",

@@ -17,7 +17,13 @@ def test_perturbation_curves(run_dir, tmp_path):
     report = json.loads((out / "lbw.json").read_text())
     curves = report["perturbation"]["digits"]
     assert curves["strengths"] == [0.0, 2.0] and len(curves["lbw"]) == len(curves["random"]) == 2
-    assert curves["lbw"][0] == curves["random"][0] and all(0.0 <= a <= 1.0 for a in curves["lbw"])
+    # strength 0 perturbs nothing: both curves start at the fine-tuned model's own accuracy
+    from pactmerge.analysis.runs import RunEvaluator
+    from pactmerge.checkpoints import CheckpointStore
+
+    ft = CheckpointStore(run_dir).load_state("finetuned/digits")
+    assert curves["lbw"][0] == curves["random"][0]
+    assert curves["lbw"][0] == pytest.approx(RunEvaluator(run_dir, split="val").accuracy("digits", ft))
     # masks have the same size: 5% of every matrix key's entries
     assert curves["mask_size"] == sum(round(0.05 * (r["shape"][0] * r["shape"][1])) for r in report["keys"].values())
     assert (out / "perturbation.png").is_file()

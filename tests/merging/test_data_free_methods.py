@@ -3,13 +3,13 @@ defining properties, and ``pact+X`` with K = 0 equal to ``X`` bit for bit."""
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from pactmerge.errors import MergeError
 from pactmerge.merging import get_method, merge, merge_files
 from pactmerge.merging.methods.dare import keep_mask
 
 from conftest import finetune, tiny_encoder
+from fixtures import model_files
 
 NEW = ["dare", "breadcrumbs", "consensus", "magmax"]
 
@@ -92,11 +92,8 @@ def test_dare_independent_of_task_order_batching_and_source(deep_models, tmp_pat
     named = merge(pre, fts, "dare", task_ids=ids)
     assert _equal(named, merge(pre, fts[::-1], "dare", task_ids=ids[::-1], batch_bytes=1))
     assert not _equal(named, merge(pre, fts, "dare", task_ids=ids, params={"seed": 1}))
-    save_file(pre, str(tmp_path / "pre.safetensors"))
-    paths = [tmp_path / f"ft{i}.safetensors" for i in range(len(fts))]
-    for path, ft in zip(paths, fts):
-        save_file(ft, str(path))
-    assert _equal(ref, merge_files(tmp_path / "pre.safetensors", paths, "dare"))
+    pre_path, paths = model_files(tmp_path, pre, fts)
+    assert _equal(ref, merge_files(pre_path, paths, "dare"))
     tied = merge(pre, fts, "dare", params={"base": "ties"}, batch_bytes=1 << 40)
     tied_rev = merge(pre, fts[::-1], "dare", params={"base": "ties"}, batch_bytes=1)
     assert all(torch.allclose(tied.tau[k], tied_rev.tau[k], rtol=1e-6, atol=1e-7) for k in tied.tau)

@@ -5,10 +5,11 @@ import struct
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from pactmerge.errors import CheckpointError, MergeError
 from pactmerge.merging import merge, merge_files
+
+from fixtures import model_files
 
 
 def _small():
@@ -20,12 +21,7 @@ def _small():
 
 
 def _write(tmp_path, pre, fts):
-    save_file(pre, str(tmp_path / "pre.safetensors"))
-    paths = []
-    for i, f in enumerate(fts):
-        paths.append(tmp_path / f"ft{i}.safetensors")
-        save_file(f, str(paths[-1]))
-    return tmp_path / "pre.safetensors", paths
+    return model_files(tmp_path, pre, fts, prefix="ft")
 
 
 def test_integer_finetuned_key_where_pretrained_is_float_is_refused(tmp_path):
@@ -34,7 +30,7 @@ def test_integer_finetuned_key_where_pretrained_is_float_is_refused(tmp_path):
     with pytest.raises(MergeError, match=r"key 'a.weight' is int32 in model 2 but float32 in the pre-trained model"):
         merge(pre, fts, "tsvm")
     p, paths = _write(tmp_path, pre, fts)
-    with pytest.raises(MergeError, match=r"key 'a.weight' is int32 in .*ft1.safetensors but float32 in .*pre.safetensors"):
+    with pytest.raises(MergeError, match=r"key 'a.weight' is int32 in .*ft1.safetensors but float32 in .*pretrained.safetensors"):
         merge_files(p, paths, "tsvm")
 
 
@@ -66,7 +62,7 @@ def test_float8_is_refused_the_same_way_in_memory_and_streaming(dtype, tmp_path)
     with pytest.raises(MergeError, match=rf"key 'a.bias' of the pre-trained model has dtype {name}.*convert"):
         merge(pre, fts, "tsvm")
     p, paths = _write(tmp_path, pre, fts)
-    with pytest.raises(MergeError, match=rf"key 'a.bias' of .*pre.safetensors has dtype {name}.*convert"):
+    with pytest.raises(MergeError, match=rf"key 'a.bias' of .*pretrained.safetensors has dtype {name}.*convert"):
         merge_files(p, paths, "tsvm")
     only_ft = _small()
     only_ft[1][0]["a.bias"] = only_ft[1][0]["a.bias"].to(dtype)

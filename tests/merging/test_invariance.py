@@ -9,13 +9,13 @@ rounding where task blocks are concatenated in another order), against 0.5-0.7 b
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from pactmerge.merging import SVDOptions, merge, merge_files, randomized_svd
 from pactmerge.merging.linalg import top_svd
 from pactmerge.merging.sources import DictSource, fingerprint
 
 from conftest import finetune, tiny_encoder
+from fixtures import model_files
 
 RAND = {"svd": "randomized", "oversample": 2, "power_iters": 1, "seed": 7}
 PACT = {"K": 3, "k": 2}
@@ -67,13 +67,9 @@ def test_fingerprint_is_content_based(deep_models):
 
 def test_randomized_streaming_equals_in_memory(deep_models, tmp_path):
     pre, fts = deep_models
-    save_file(pre, str(tmp_path / "pre.safetensors"))
-    paths = []
-    for i, f in enumerate(fts):
-        paths.append(tmp_path / f"ft{i}.safetensors")
-        save_file(f, str(paths[-1]))
+    pre_path, paths = model_files(tmp_path, pre, fts)
     mem = merge(pre, fts, "pact+tsvm", params=RAND, pact=PACT)
-    disk = merge_files(tmp_path / "pre.safetensors", paths, "pact+tsvm", params=RAND, pact=PACT)
+    disk = merge_files(pre_path, paths, "pact+tsvm", params=RAND, pact=PACT)
     assert all(torch.equal(mem.tau[k], disk.tau[k]) for k in mem.tau)
 
 

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from pactmerge.merging import PACTCache, merge, merge_files
+
+from fixtures import model_files
 
 PACT = {"K": 2, "k": 1}
 
@@ -12,12 +13,7 @@ PACT = {"K": 2, "k": 1}
 @pytest.fixture
 def files(models, tmp_path):
     pre, fts = models
-    save_file(pre, str(tmp_path / "pre.safetensors"))
-    paths = []
-    for i, f in enumerate(fts):
-        paths.append(tmp_path / f"ft{i}.safetensors")
-        save_file(f, str(paths[-1]))
-    return tmp_path / "pre.safetensors", paths
+    return model_files(tmp_path, pre, fts)
 
 
 def _same(a, b):
