@@ -125,7 +125,7 @@ def test_corrupt_fine_tune_is_named_with_commands_that_repair_it(tmp_path, capsy
     damaged.write_bytes(bytes(data))
     before = {n: e["sha256"] for n, e in CheckpointStore(run, create=False).manifest["entries"].items()}
 
-    for argv in (["run", config], ["evaluate", config]):
+    for argv in (["run", config], ["evaluate", config], ["finetune", config, "--task", "digits"]):
         err = _fails(capsys, *argv)
         assert f"{damaged}: sha256 mismatch" in err and "(finetuned/digits)" in err
         assert f"`pactmerge status --drop-corrupt {run}`" in err
