@@ -232,7 +232,7 @@ def test_import_cli_with_and_without_legacy_pickle(modeling, tmp_path, capsys):
 
     assert main(args()) == 2
     err = capsys.readouterr().err
-    assert "mnist.pt: a pickled model object" in err and "src.modeling.ImageEncoder" in err
+    assert "mnist.pt: pickled objects" in err and "src.modeling.ImageEncoder" in err
     assert "--legacy-pickle" in err
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
     assert main(args("--legacy-pickle")) == 0, capsys.readouterr().err

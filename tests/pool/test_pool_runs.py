@@ -150,7 +150,7 @@ def test_import_command_reads_legacy_zero_shot_weights(tmp_path, capsys):
             str(tmp_path / "tiny_pool.json"), "--weights", str(tmp_path / "tv" / "zeroshot.pt"), "--config",
             str(tmp_path / "base.yaml"), "--task", f"digits={tmp_path / 'tv' / 'Digits' / 'finetuned.pt'}"]
     assert main(args) == 2
-    assert "zeroshot.pt: a pickled model object" in capsys.readouterr().err
+    assert "zeroshot.pt: pickled objects" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     assert main([*args, "--legacy-pickle"]) == 0, capsys.readouterr().err
     store = _store(tmp_path)

@@ -19,8 +19,9 @@ class ModelSource:
     ``pretrained(path)``: the file when given, else the store's ``pretrained`` (read once).
     """
 
-    def __init__(self, store_dir: str | Path | None = None, *, trust_pickle: bool = False) -> None:
-        self.store_dir, self.trust_pickle = store_dir, trust_pickle
+    def __init__(self, store_dir: str | Path | None = None, *, trust_pickle: bool = False,
+                 legacy_pickle: bool = False) -> None:
+        self.store_dir, self.trust_pickle, self.legacy_pickle = store_dir, trust_pickle, legacy_pickle
         self.store = None
         if store_dir is not None:
             from pactmerge.checkpoints import CheckpointStore
@@ -46,7 +47,7 @@ class ModelSource:
                   ) -> dict[str, Any]:
         from pactmerge.interop.files import load_encoder_file
 
-        state, layout = load_encoder_file(path, trust_pickle=self.trust_pickle)
+        state, layout = load_encoder_file(path, trust_pickle=self.trust_pickle, legacy_pickle=self.legacy_pickle)
         if like is None:
             return state
         from pactmerge.interop.importer import conform

@@ -32,6 +32,8 @@ def add_arguments(parser):
     pert.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--device", default="auto", help="where the linear algebra and evaluation run (auto: CUDA if any)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled torch files")
+    parser.add_argument("--legacy-pickle", action="store_true", help="read torch.save(model) pickles "
+                        "(task_vectors, tall_masks, AdaMerging) without running their code")
 
 
 def _task_file(spec: str) -> tuple[str, str]:
@@ -63,7 +65,7 @@ def load_models(args):
         return pre, {t: source.from_store(f"finetuned/{t}") for t in tasks}, {"store": str(args.store)}
     if not args.pretrained or not args.finetuned:
         raise ConfigError("give --store RUN_DIR, or --pretrained FILE and --finetuned FILE ... (at least one)")
-    source = ModelSource(trust_pickle=args.trust_pickle)
+    source = ModelSource(trust_pickle=args.trust_pickle, legacy_pickle=args.legacy_pickle)
     pre = source.pretrained(args.pretrained)
     ft, files = {}, {}
     for spec in args.finetuned:

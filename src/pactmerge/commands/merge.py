@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--finetuned", metavar="FILE", nargs="*", default=None, help="fine-tuned encoder weights, one per task")
     io.add_argument("--out", metavar="FILE", help="merged weights to write (safetensors); a sidecar FILE.json is written too")
     io.add_argument("--trust-pickle", action="store_true", help="allow torch files that need arbitrary pickled objects")
+    io.add_argument("--legacy-pickle", action="store_true", help="read torch.save(model) pickles "
+                    "(task_vectors, tall_masks, AdaMerging) without running their code")
     io.add_argument(
         "--stream",
         action=argparse.BooleanOptionalAction,
@@ -149,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
                   task_ids=[hashes[str(p)] for p in finetuned])  # seeds of randomized SVDs: order-independent
 
     t0 = time.perf_counter()
-    result, pre_sd = _load_and_merge(pretrained, finetuned, args.method, stream, args.trust_pickle, kwargs)
+    result, pre_sd = _load_and_merge(pretrained, finetuned, args.method, stream, args.trust_pickle, kwargs,
+                                     legacy_pickle=args.legacy_pickle)
     t_merge = time.perf_counter() - t0
 
     alpha = result.default_alpha if args.alpha is None else float(args.alpha)
@@ -176,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_and_merge(pretrained: Path, finetuned: list[Path], method: str, stream: bool, trust_pickle: bool, kwargs: dict):
+def _load_and_merge(pretrained: Path, finetuned: list[Path], method: str, stream: bool, trust_pickle: bool, kwargs: dict,
+                    legacy_pickle: bool = False):
     """(MergeResult, pre-trained state dict). The merging core refuses mismatched or non-finite inputs, naming key and file."""
     from pactmerge import fileio, merging
     from pactmerge.merging.sources import DictSource, check_finite, validate_sources
@@ -184,8 +188,10 @@ def _load_and_merge(pretrained: Path, finetuned: list[Path], method: str, stream
     if stream:
         result = merging.merge_files(pretrained, finetuned, method, **kwargs)
         return result, fileio.load_state_dict(pretrained)
-    pre_sd = fileio.load_state_dict(pretrained, trust_pickle=trust_pickle)
-    ft_sds = [fileio.load_state_dict(p, trust_pickle=trust_pickle) for p in finetuned]
+    from pactmerge.interop.legacy import read_state_file  # state dicts, or with legacy_pickle pickled models' towers
+
+    pre_sd = read_state_file(pretrained, trust_pickle=trust_pickle, legacy_pickle=legacy_pickle)
+    ft_sds = [read_state_file(p, trust_pickle=trust_pickle, legacy_pickle=legacy_pickle) for p in finetuned]
     # the same checks merge() runs, but with the files' names in the messages
     sources = [DictSource(sd, str(p)) for p, sd in zip([pretrained, *finetuned], [pre_sd, *ft_sds])]
     validate_sources(sources[0], sources[1:])

@@ -26,6 +26,8 @@ def add_arguments(parser):
     parser.add_argument("--split", choices=("val", "test"), default="test", help="split for --evaluate")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled torch files")
+    parser.add_argument("--legacy-pickle", action="store_true", help="read torch.save(model) pickles "
+                        "(task_vectors, tall_masks, AdaMerging) without running their code")
     from pactmerge.commands._params import PACT_NS, add_param_flags
 
     add_param_flags(parser, [PACT_NS])  # --pact-K, --pact-k, ... as `pactmerge merge` takes them
@@ -52,7 +54,7 @@ def run(args) -> int:
     from pactmerge.errors import ConfigError
     from pactmerge.fileio import check_weights_destination, write_weights_with_sidecar
 
-    source = ModelSource(args.store, trust_pickle=args.trust_pickle)
+    source = ModelSource(args.store, trust_pickle=args.trust_pickle, legacy_pickle=args.legacy_pickle)
     if bool(args.target) == bool(args.target_name):
         raise ConfigError("give the target as --target FILE or as --store RUN_DIR --target-name NAME (one of them)")
     if args.target_name:
@@ -63,7 +65,7 @@ def run(args) -> int:
     else:
         from pactmerge.interop.files import load_encoder_file
 
-        target, layout = load_encoder_file(args.target, trust_pickle=args.trust_pickle)
+        target, layout = load_encoder_file(args.target, trust_pickle=args.trust_pickle, legacy_pickle=args.legacy_pickle)
         target_desc = {"file": str(args.target), "layout": layout}
     if not str(args.out).endswith(".safetensors"):
         raise ConfigError(f"--out {args.out}: name the output *.safetensors")

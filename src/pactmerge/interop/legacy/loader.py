@@ -112,10 +112,10 @@ def read_state_file(path: str | Path, *, trust_pickle: bool = False, legacy_pick
         if not classes:
             raise
         raise CheckpointError(
-            f"{path}: a pickled model object (classes {', '.join(classes[:4])}"
-            f"{', ...' if len(classes) > 4 else ''}), not a state dict, so weights-only loading fails. Pass "
-            "--legacy-pickle (in a config: legacy_pickle: true) to read its weights without running code from it "
-            "and without those classes."
+            f"{path}: pickled objects (classes {', '.join(classes[:4])}"
+            f"{', ...' if len(classes) > 4 else ''}), so weights-only loading fails. Pass --legacy-pickle (in a "
+            "config: legacy_pickle: true) to read a pickled model's image tower without running code from it and "
+            "without those classes; or, for a state dict beside other objects whose origin you trust, --trust-pickle."
         ) from exc
 
 
