@@ -89,3 +89,22 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert '"K": 3' in out
     for stage in ("prepare", "finetune_individual", "finetune_joint", "finetune_sequential", "merge", "evaluate"):
         assert f"  {stage} " in out
+
+
+def test_open_study_in_another_directory_claims_it_after_resolving(tmp_path):
+    from pactmerge.pipeline.merge_plan import plan_merges
+    from pactmerge.pipeline.rundir import read_run_info
+    from pactmerge.pipeline.study import open_study
+
+    cfg = _cfg(tmp_path, "merge.methods=[ties]", "merge.pact=[none, randomized]")
+    from pactmerge.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="absent.safetensors"):  # a bad model: no directory is made
+        open_study(load_config(None, [f"model.weights={tmp_path / 'absent.safetensors'}"]), run_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    ctx = open_study(cfg, run_dir=tmp_path / "elsewhere", config_text="seed: 0\n")
+    assert ctx.run_dir == tmp_path / "elsewhere" and not (tmp_path / "run").exists()
+    info = read_run_info(ctx.run_dir)
+    assert info["merges"] == [p.id for p in plan_merges(cfg.merge)] == ["ties", "pact+ties-rsvd"]
+    assert info["config"]["output_dir"] == str(tmp_path / "elsewhere") and info["tasks"] == ["digits"]
+    assert (ctx.run_dir / "config.yaml").read_text() == "seed: 0\n"
