@@ -135,6 +135,9 @@ def test_task_vectors_pickles_pool_incl_zero_shot(tmp_path, capsys):
     from pactmerge.cli import main
 
     assert main(["run", str(cfg)]) == 0
+    # a pool fine-tunes nothing: the finetune command on a fresh directory says where the imports come from
+    assert main(["finetune", str(cfg), "--output-dir", str(tmp_path / "other"), "--task", "digits"]) != 0
+    assert "imports its checkpoints (pool:)" in capsys.readouterr().err
 
 
 def test_import_command_reads_legacy_zero_shot_weights(tmp_path, capsys):

@@ -58,6 +58,12 @@ def _fit_meta(ckpt_dir: Path) -> dict[str, Any]:
     return {"steps": summary.get("steps"), "metrics": {"fit": summary.get("metrics", {})}}
 
 
+def _refuse_fit_of_pool(ctx: RunContext, name: str) -> None:
+    if getattr(ctx.cfg, "pool", None) is not None:
+        raise StageError(f"{name}: this config imports its checkpoints (pool:) and fine-tunes nothing; "
+                         "`pactmerge run CONFIG` imports them (its import stage)")
+
+
 def finetune_individual(ctx: RunContext, task: str) -> bool:
     """Individual fine-tuning on ``task`` alone, from the pre-trained weights -> ``finetuned/<task>``."""
     from pactmerge.pipeline.training import fit_individual
@@ -67,6 +73,7 @@ def finetune_individual(ctx: RunContext, task: str) -> bool:
     if ctx.store.has(name):
         log.info("%s: already fine-tuned, skipping", key)
         return False
+    _refuse_fit_of_pool(ctx, name)
     prepare(ctx)
     ckpt_dir = ctx.store.lightning_dir(name)
     state = fit_individual(ctx.loaded, ctx.heads(), ctx.datamodule(key), ctx.cfg.recipe, ckpt_dir=ckpt_dir,
@@ -92,6 +99,7 @@ def finetune_joint(ctx: RunContext) -> bool:
     if ctx.store.has("joint"):
         log.info("joint: already trained, skipping")
         return False
+    _refuse_fit_of_pool(ctx, "joint")
     prepare(ctx)
     sampling = ctx.cfg.comparisons.joint_sampling
     multi = MultiTaskDataModule(list(ctx.datamodules().values()), sampling=sampling, seed=ctx.cfg.seed)
@@ -113,6 +121,7 @@ def finetune_sequential(ctx: RunContext) -> bool:
     if ctx.store.has("sequential"):
         log.info("sequential: already trained, skipping")
         return False
+    _refuse_fit_of_pool(ctx, "sequential")
     prepare(ctx)
     order = ctx.sequential_order()
     schedule = SequentialSchedule([ctx.datamodule(t) for t in order])
