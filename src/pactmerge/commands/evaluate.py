@@ -1,4 +1,5 @@
-"""``pactmerge evaluate CONFIG``: test accuracy of the zero-shot, individual, joint and sequential models.
+"""``pactmerge evaluate CONFIG``: test accuracy of every model of a study (``stages.evaluation_plan``:
+zero-shot, individual, joint, sequential and merged).
 
 Every stored file the evaluation relies on (the pre-trained encoder, the heads and each
 evaluated entry) is checked against its sha256 first, also when its metrics are already
@@ -7,7 +8,7 @@ recorded, as ``pactmerge run`` checks the merge inputs.
 
 from pactmerge.commands._study import add_config_arguments, open_context
 
-HELP = "evaluate the zero-shot, individual, joint and sequential encoders of a study on the test splits"
+HELP = "evaluate every model of a study (zero-shot, individual, joint, sequential, merged) on the test splits"
 
 
 def add_arguments(parser):
