@@ -11,9 +11,10 @@ def add_arguments(parser):
     parser.add_argument("--store", required=True, metavar="RUN_DIR", help="run directory to create or extend")
     parser.add_argument("--model", required=True, help="open_clip model name of the pre-trained model (e.g. ViT-B-32-quickgelu)")
     parser.add_argument("--model-config", metavar="JSON", help="custom open_clip model config instead of a known name")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag (e.g. openai; needs a network or its cache)")
-    src.add_argument("--weights", metavar="FILE", help="local open_clip state dict of the pre-trained model")
+    parser.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag (e.g. openai; needs a network "
+                        "or its cache); with --weights it gives the text tower of the heads")
+    parser.add_argument("--weights", metavar="FILE", help="weights of the pre-trained model: an open_clip state dict, a "
+                        "HF checkpoint directory or Hub id, or with --legacy-pickle a zero-shot pickle")
     parser.add_argument("--task", action="append", default=[], required=True, metavar="TASK=PATH_OR_HUB_ID",
                         help="fine-tuned encoder of a task: a file, a HF checkpoint directory, a PEFT LoRA adapter directory, "
                         "or a Hub model id; repeatable")
