@@ -5,8 +5,8 @@ Layers, bottom to top (a module may import its own layer and the layers below):
     0 shared helpers   errors, fileio, coerce, figures, provenance, console (and the package itself)
     1 merging, interop pure torch: merge methods; checkpoint format conversion
     2 checkpoints      the run directory's store
+    2.5 callbacks      Lightning callbacks for any Trainer (merging + checkpoints only)
     3 datamodules      tasks and data
-    2 callbacks        Lightning callbacks for any Trainer (merging + checkpoints only)
     4 pipeline         model, heads, fine-tuning, the study's context, stages and merge stage
     5 analysis
     6 commands, cli
@@ -31,7 +31,7 @@ SRC = Path(pactmerge.__file__).resolve().parent
 LAYERS = {
     "": 0, "errors": 0, "fileio": 0, "coerce": 0, "figures": 0, "provenance": 0, "console": 0,
     "merging": 1, "interop": 1,
-    "checkpoints": 2, "callbacks": 2,
+    "checkpoints": 2, "callbacks": 2.5,
     "datamodules": 3,
     "pipeline": 4,
     "analysis": 5,
