@@ -100,6 +100,9 @@ def resolved_params(planned: PlannedMerge) -> dict[str, Any]:
 
 
 # -- the entries of a study's stages -------------------------------------------------------------------
+# models trained besides the merges, each with its flag in ComparisonsConfig, its stage
+# stages.finetune_<name> (listed in study.stage_plan) and its store entry <name>
+COMPARISONS = ("joint", "sequential")
 ADAMERGING_IDS = {"none": "adamerging", "exact": "pact+adamerging", "randomized": "pact+adamerging-rsvd"}
 
 
@@ -122,7 +125,7 @@ def stage_entries(cfg: Any, task_keys: Sequence[str], merge_ids: Sequence[str] |
     ids = [p.id for p in plan_merges(cfg.merge)] if merge_ids is None else list(merge_ids)
     plan = [("prepare", ["pretrained"] + [f"heads/{t}" for t in keys]),
             ("finetune_individual", [f"finetuned/{t}" for t in keys])]
-    plan += [(f"finetune_{n}", [n]) for n in ("joint", "sequential") if getattr(cfg.comparisons, n)]
+    plan += [(f"finetune_{n}", [n]) for n in COMPARISONS if getattr(cfg.comparisons, n)]
     if getattr(cfg, "pool", None) is not None:  # one import stage instead of the fine-tunes
         plan[1:] = [("import", [e for _, entries in plan[1:] for e in entries])]
     plan.append(("merge", [f"merged/{i}" for i in ids]))
@@ -137,6 +140,6 @@ def evaluation_entries(cfg: Any, task_keys: Sequence[str], merge_ids: Sequence[s
     keys = list(task_keys)
     plan: list[tuple[str, list[str]]] = [("pretrained", keys)] if cfg.comparisons.zero_shot else []
     plan += [(f"finetuned/{t}", [t]) for t in keys]
-    plan += [(n, keys) for n in ("joint", "sequential") if getattr(cfg.comparisons, n)]
+    plan += [(n, keys) for n in COMPARISONS if getattr(cfg.comparisons, n)]
     ids = [p.id for p in plan_merges(cfg.merge)] if merge_ids is None else list(merge_ids)
     return plan + [(f"merged/{i}", keys) for i in [*ids, *adamerging_ids(cfg.merge)]]

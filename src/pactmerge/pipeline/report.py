@@ -25,6 +25,7 @@ from typing import Any
 from pactmerge.checkpoints import CheckpointStore
 from pactmerge.errors import PactmergeError, StageError
 from pactmerge.fileio import write_json_atomic, write_text_atomic
+from pactmerge.pipeline.merge_plan import COMPARISONS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def collect_rows(store: CheckpointStore, tasks: list[str]) -> list[dict[str, Any
         add("zero-shot", "zero_shot", store.entry("pretrained").get("metrics", {}).get("test", {}), "pretrained")
     if len(individual) == len(tasks):
         add("individual", "individual", individual, None)  # task t from entry finetuned/<t>
-    for name in ("joint", "sequential"):
+    for name in COMPARISONS:
         if store.has(name):
             e = store.entry(name)
             add(name, name, e.get("metrics", {}).get("test", {}), name, order=e.get("order"))
