@@ -19,17 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-TINY_VIT = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8, "mlp_ratio": 2.0},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+from fixtures import tiny_vit_config
 
 
 def _config(tmp_path: Path, run: str) -> Path:
-    model_cfg = tmp_path / "tiny_vit_det.json"
-    model_cfg.write_text(json.dumps(TINY_VIT))
+    model_cfg = tiny_vit_config(tmp_path, "tiny_vit_det")
     cfg = {
         "output_dir": str(tmp_path / run),
         "seed": 3,

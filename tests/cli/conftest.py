@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from fixtures import model_files
 
 WIDTH, TOKENS, PATCH, EMBED, BLOCKS = 32, 17, 4, 24, 2  # ViT-like tower: 16 patches + class token
 
@@ -85,14 +85,7 @@ def write_models(tmp_path):
             edit_task(fts[1])
         if edit_pre:
             edit_pre(pre)
-        d = tmp_path / "in"
-        d.mkdir(exist_ok=True)
-        pre_path = d / "pretrained.safetensors"
-        save_file(pre, str(pre_path))
-        paths = []
-        for t, ft in enumerate(fts):
-            paths.append(d / f"task{t}.safetensors")
-            save_file(ft, str(paths[-1]))
+        pre_path, paths = model_files(tmp_path / "in", pre, fts)
         return Models(pre, fts, pre_path, paths)
 
     return write

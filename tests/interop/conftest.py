@@ -2,24 +2,16 @@
 
 import pytest
 import torch
+from fixtures import TINY_VIT, tiny_tower
 
-WIDTH, LAYERS, HEAD_WIDTH, PATCH, IMAGE, MLP, OUT = 32, 2, 8, 8, 32, 64, 16
+_V = TINY_VIT["vision_cfg"]  # the shared tiny ViT (tests/fixtures.py)
+WIDTH, LAYERS, HEAD_WIDTH, PATCH, IMAGE = _V["width"], _V["layers"], _V["head_width"], _V["patch_size"], _V["image_size"]
+MLP, OUT = int(_V["width"] * _V["mlp_ratio"]), TINY_VIT["embed_dim"]
 
 
 def make_open_clip_tower(seed: int = 0):
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
-
-    torch.manual_seed(seed)
-    cfg = CLIPVisionCfg(
-        layers=LAYERS, width=WIDTH, head_width=HEAD_WIDTH, image_size=IMAGE, patch_size=PATCH, mlp_ratio=MLP / WIDTH
-    )
-    tower = _build_vision_tower(OUT, cfg, quick_gelu=True).eval()
-    # open_clip initialises LayerNorms to (1, 0) and the class token small; randomise everything
-    # so that a swapped or transposed tensor cannot go unnoticed
-    with torch.no_grad():
-        for p in tower.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    return tower
+    """The tiny tower with quick GELU (as the Hugging Face twin), every parameter randomised."""
+    return tiny_tower(seed, quick_gelu=True, randomize=True)
 
 
 def make_hf_tower(seed: int = 0):

@@ -12,14 +12,14 @@ from pactmerge.interop import open_clip_to_hf
 
 def test_export_hf_loads_in_transformers(tiny, oc_tower, images, tmp_path):
     transformers = pytest.importorskip("transformers")
-    src = tmp_path / "merged.safetensors"
+    src, heads = tmp_path / "merged.safetensors", tiny.WIDTH // tiny.HEAD_WIDTH
     # an HF-layout input file: export must read either layout
     save_safetensors_atomic(src, open_clip_to_hf(oc_tower.state_dict()))
     out = tmp_path / "hf"
-    assert main(["export", "--input", str(src), "--format", "hf", "--out", str(out), "--heads", "4"]) == 0
+    assert main(["export", "--input", str(src), "--format", "hf", "--out", str(out), "--heads", str(heads)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "pactmerge.json"]
     model = transformers.CLIPVisionModelWithProjection.from_pretrained(out).eval()
-    assert model.config.hidden_act == "quick_gelu" and model.config.num_attention_heads == 4
+    assert model.config.hidden_act == "quick_gelu" and model.config.num_attention_heads == heads
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values=images).image_embeds, oc_tower(images), rtol=1e-5, atol=1e-5)
 

@@ -1,9 +1,8 @@
 """``pactmerge import``: local files in both layouts into a run directory; refusals leave nothing behind."""
 
-import json
-
 import pytest
 import torch
+from fixtures import tiny_vit_config
 
 from pactmerge.cli import main
 from pactmerge.fileio import save_safetensors_atomic
@@ -13,11 +12,7 @@ from pactmerge.interop import open_clip_to_hf
 @pytest.fixture
 def files(tiny, tmp_path):
     """A tiny model config, its pre-trained tower, and fine-tuned towers in both layouts."""
-    cfg = {"embed_dim": tiny.OUT, "quick_gelu": True,
-           "vision_cfg": {"image_size": tiny.IMAGE, "layers": tiny.LAYERS, "width": tiny.WIDTH,
-                          "head_width": tiny.HEAD_WIDTH, "patch_size": tiny.PATCH, "mlp_ratio": tiny.MLP / tiny.WIDTH},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1}}
-    (tmp_path / "tiny_vit.json").write_text(json.dumps(cfg))
+    tiny_vit_config(tmp_path, "tiny_vit", quick_gelu=True)
     (tmp_path / "base.yaml").write_text("data:\n  num_workers: 0\n")
     pre = tiny.open_clip(seed=0).state_dict()
     gen = torch.Generator().manual_seed(5)

@@ -14,13 +14,12 @@ import textwrap
 
 import pytest
 import torch
+from fixtures import TINY_VIT
 
 from pactmerge.errors import CheckpointError
 from pactmerge.interop.legacy import UnsafePickleError, load_encoder, read_legacy_pickle
 
-CFG = {"embed_dim": 16, "quick_gelu": True,
-       "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8, "mlp_ratio": 2.0},
-       "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1}}
+CFG = {**TINY_VIT, "quick_gelu": True}  # the shared tiny ViT (tests/fixtures.py)
 
 MODELING = textwrap.dedent('''
     import torch

@@ -7,7 +7,7 @@ real images (scikit-learn digits, Debian Fashion-MNIST) at 32x32, normalised wit
 from __future__ import annotations
 
 import gzip
-import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,18 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-TINY_VIT = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8, "mlp_ratio": 2.0},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+if str(Path(__file__).resolve().parent.parent) not in sys.path:  # ddp_worker.py runs as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fixtures import TINY_VIT, tiny_vit_config as write_tiny_config  # noqa: E402,F401 (the shared tiny ViT)
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-def write_tiny_config(directory: Path, name: str = "tiny_vit_test") -> Path:
-    path = Path(directory) / f"{name}.json"
-    path.write_text(json.dumps(TINY_VIT))
-    return path
 
 
 def _to_images(x: np.ndarray) -> torch.Tensor:
