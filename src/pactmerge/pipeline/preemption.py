@@ -42,6 +42,14 @@ def resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST_CKPT))
 
 
+def clear_hpc_checkpoints(ckpt_dir: str | Path) -> None:
+    """Remove the ``hpc_ckpt_<n>.ckpt`` files of a finished fit. Inside SLURM, Lightning's
+    ``validate``/``test`` without ``ckpt_path`` load the newest of them into the module (its
+    auto-resume), which after the fit would replace the trained weights with a requeue's."""
+    for path in Path(ckpt_dir).glob(HPC_PATTERN):
+        path.unlink(missing_ok=True)
+
+
 def in_slurm_step() -> bool:
     """True inside a SLURM job step started by ``srun`` (where Lightning uses ``SLURMEnvironment``)."""
     from lightning_fabric.plugins.environments import SLURMEnvironment

@@ -163,7 +163,7 @@ def write_slurm_scripts(cfg: RunConfig, config_path: str | Path, tasks: list[str
         'echo "submitted: fine-tunes ${deps#:}; merge-and-evaluate $final"',
     ]
     scripts["submit.sh"] = submit
-    out.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)  # sbatch does not create the directory of --output
     for stale in SCRIPTS:  # a resubmission leaves no script of a job it does not submit
         if stale not in scripts:
             (out / stale).unlink(missing_ok=True)

@@ -36,7 +36,8 @@ from pactmerge.callbacks.progress import StepProgressBar
 from pactmerge.errors import CheckpointError, ConfigError, StageError
 from pactmerge.fileio import load_state_dict, save_safetensors_atomic, write_json_atomic
 from pactmerge.pipeline.finetuner import CLIPFineTuner, Recipe
-from pactmerge.pipeline.preemption import StepBoundaryRequeue, in_slurm_step, resume_checkpoint
+from pactmerge.pipeline.preemption import (StepBoundaryRequeue, clear_hpc_checkpoints, in_slurm_step,
+                                           resume_checkpoint)
 from pactmerge.pipeline.training_data import ResumableData
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,11 @@ def fit_stage(init_state: Mapping[str, torch.Tensor], loaded: Any, heads: Mappin
     if trainer.interrupted or trainer.global_step < recipe.max_steps:
         raise StageError(f"training in {ckpt_dir} stopped at step {trainer.global_step} of {recipe.max_steps} "
                          "(interrupted or out of data); rerun to resume from the last checkpoint")
+    clear_hpc_checkpoints(ckpt_dir)  # done with: Lightning's validate would load one under SLURM
+    if trainer.world_size > 1:
+        log.info("DDP rank %d of %d (node %d): %s training batches per epoch on this rank's shard; rank 0 writes "
+                 "the checkpoints and the result", trainer.global_rank, trainer.world_size, trainer.node_rank,
+                 trainer.num_training_batches)
     metrics: dict[str, float] = {}
     if recipe.final_validation and _has_val(data):
         trainer.validate(module, datamodule=data, verbose=False)
