@@ -37,7 +37,7 @@ def test_export_open_clip_from_store(tiny, oc_tower, images, tmp_path):
     fresh.load_state_dict(back, strict=True)
     with torch.no_grad():
         torch.testing.assert_close(fresh(images), oc_tower(images))
-    sidecar = json.loads(out.with_suffix(".json").read_text())
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())  # fileio.sidecar_path
     assert sidecar["name"] == "merged/task_arithmetic" and sidecar["entry"]["alpha"] == 0.3
 
 

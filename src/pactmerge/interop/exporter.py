@@ -18,7 +18,8 @@ from typing import Any, Mapping
 import torch
 
 from pactmerge.errors import CheckpointError, ConfigError
-from pactmerge.fileio import save_safetensors_atomic, write_json_atomic
+from pactmerge.fileio import (
+    check_weights_destination, save_safetensors_atomic, write_json_atomic, write_weights_with_sidecar)
 from pactmerge.interop.geometry import (
     VisionGeometry,
     check_hf_compatible,
@@ -34,15 +35,14 @@ FORMATS = ("open_clip", "hf")
 
 
 def export_open_clip(state: Mapping[str, Tensor], out: str | Path, *, meta: Mapping[str, Any] | None = None) -> list[Path]:
-    """Write ``state`` (open_clip tower layout) to the safetensors file ``out`` and ``<out>.json``."""
+    """Write ``state`` (open_clip tower layout) to the safetensors file ``out`` and its sidecar
+    ``<out>.json`` (``fileio.sidecar_path``: ``merged.safetensors.json``, as merge and transfer)."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out {out}: the open_clip export is a safetensors file; name it *.safetensors")
-    if out.is_dir():
-        raise ConfigError(f"--out {out}: is a directory; give a file name")
-    save_safetensors_atomic(out, state, metadata={"format": "pt", "layout": "open_clip"})
-    sidecar = out.with_suffix(".json")
-    write_json_atomic(sidecar, {"format": "open_clip", "tensors": len(state), **dict(meta or {})})
+    check_weights_destination(out, "--out")
+    sidecar = write_weights_with_sidecar(out, state, {"format": "open_clip", "tensors": len(state), **dict(meta or {})},
+                                         metadata={"format": "pt", "layout": "open_clip"})
     return [out, sidecar]
 
 
