@@ -77,3 +77,33 @@ def test_orth_is_rank_revealing():
     assert orth(torch.zeros(10, 4)).shape == (10, 0)
     # plain QR of the same wide concatenation returns 8 "orthonormal" columns, 5 of them spurious
     assert torch.linalg.qr(A[:, :8]).Q.shape[1] == 8
+
+
+def test_per_matrix_keeps_order_runs_single_threaded_workers_and_restores_threads():
+    from pactmerge.merging.linalg import per_matrix
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = per_matrix(lambda i: (i, torch.get_num_threads()), range(5))
+        assert seen == [(i, 1) for i in range(5)]
+        assert torch.get_num_threads() == 2
+        assert per_matrix(lambda i: torch.get_num_threads(), [0]) == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_batched_decompositions_equal_one_matrix_at_a_time_bitwise():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        A = torch.stack([_decaying(60, 40, 0.1, seed=s) for s in range(3)]).float()
+        U, S, V = top_svd(A, 8)
+        P, Sp = polar_and_singular_values(A)
+        for i in range(3):
+            u, s, v = top_svd(A[i], 8)
+            assert torch.equal(U[i], u) and torch.equal(S[i], s) and torch.equal(V[i], v)
+            p, sp = polar_and_singular_values(A[i])
+            assert torch.equal(P[i], p) and torch.equal(Sp[i], sp)
+    finally:
+        torch.set_num_threads(before)

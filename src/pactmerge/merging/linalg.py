@@ -13,11 +13,23 @@ Conventions: ``V`` is returned as ``(..., n, r)`` (columns are right singular ve
 singular directions whose singular value is at most ``ZERO_SV * sigma_max`` carry no
 information and are returned as zero columns (zero singular value), so bases keep a fixed
 width for batching and a zero column is equivalent to a dropped direction.
+
+Threads: on the CPU, a batch of matrices is decomposed one matrix per worker
+(``per_matrix``): ``torch.get_num_threads()`` Python threads, each running single-threaded
+BLAS/LAPACK, instead of one matrix at a time with every thread in each call. Decompositions
+of a few hundred columns scale poorly across threads (``sytrd``'s many synchronisation
+points), and on a busy machine a multi-threaded call waits at every barrier for a descheduled
+thread: an ``eigh`` of a 768x768 matrix took 6.9 s with 2 threads and 0.2 s with 1 on a
+2-core machine at load 10. Each matrix is computed single-threaded whatever the batch or the
+thread count, so results do not depend on either.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -28,6 +40,42 @@ ZERO_SV = 1e-6  # singular values below this fraction of the largest count as ze
 GRAM_FALLBACK = 1e-4  # a kept singular value below this fraction of the largest: float64 SVD instead of the Gram
 _NULL_EIG = 1e-13  # Gram eigenvalues below this fraction of the largest: exact null space
 _SAFE_EIG = GRAM_FALLBACK**2  # above this fraction of the largest Gram eigenvalue the Gram route is accurate; in between: SVD
+
+
+_T = TypeVar("_T")
+_in_worker = threading.local()
+
+
+def per_matrix(fn: Callable[..., _T], items: Sequence, *, device: torch.device | str | None = None) -> list[_T]:
+    """``[fn(item) for item in items]``, each call with single-threaded torch; on the CPU run by
+    up to ``torch.get_num_threads()`` worker threads (see the module docstring), so a matrix's
+    bits depend neither on the thread count nor on the batch it is part of. The process's
+    thread setting is restored afterwards. CUDA work (``device``) and nested calls (from inside
+    a worker) run in the calling thread as they are.
+    """
+    items = list(items)
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    if on_cuda or getattr(_in_worker, "active", False):
+        return [fn(x) for x in items]
+    threads = torch.get_num_threads()
+    workers = min(threads, len(items))
+
+    def run(x):
+        _in_worker.active = True
+        torch.set_num_threads(1)  # this thread's OpenMP setting, and the BLAS library's
+        try:
+            return fn(x)
+        finally:
+            _in_worker.active = False
+
+    torch.set_num_threads(1)
+    try:
+        if workers <= 1:
+            return [run(x) for x in items]
+        with ThreadPoolExecutor(workers, thread_name_prefix="pactmerge-linalg") as pool:
+            return list(pool.map(run, items))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def top_svd(A: Tensor, r: int, opts: SVDOptions = SVDOptions(), tags=None) -> tuple[Tensor, Tensor, Tensor]:
@@ -58,22 +106,25 @@ def _top_svd_gram(A: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
     tall = m >= n
     lead = A.shape[:-2]
     flat = A.reshape(-1, m, n)
-    # one matrix at a time in float64, so a stack of T task vectors is never copied whole; one
-    # batched eigh (on a busy 2-core CPU, a loop of per-matrix eigh calls was measured far slower)
-    grams = [_gram_upper(a.double() if tall else a.double().mT) for a in flat]
-    lam, Q = torch.linalg.eigh(torch.stack(grams), UPLO="U")  # ascending
-    del grams
-    S, Q, inv = _top_eig(lam, Q, r)
-    other = torch.stack([(a.double() @ q) if tall else (a.double().mT @ q) for a, q in zip(flat, Q)])
-    other = other * inv.unsqueeze(-2)  # left = A V / S (tall) or right = A^T U / S (wide)
+
+    def one(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # float64 one matrix at a time, so a stack of T task vectors is never copied whole
+        x = a.double() if tall else a.double().mT
+        lam, Q = torch.linalg.eigh(_gram_upper(x), UPLO="U")  # ascending
+        S, Q, inv = _top_eig(lam, Q, r)
+        other = (x @ Q) * inv  # left = A V / S (tall) or right = A^T U / S (wide)
+        # the Gram route's error in a direction grows like eps * (s_max / s)^2: where a kept
+        # singular value is weak, decompose the matrix with a float64 SVD instead
+        if bool(((S > ZERO_SV * S[:1]) & (S < GRAM_FALLBACK * S[:1])).any()):
+            u, sv, vh = torch.linalg.svd(x, full_matrices=False)
+            return sv[:r], vh[:r].mT, u[:, :r]
+        return S, Q, other
+
+    out = per_matrix(one, flat, device=A.device)
+    S = torch.stack([o[0] for o in out]).reshape(*lead, r)
+    Q = torch.stack([o[1] for o in out])
+    other = torch.stack([o[2] for o in out])
     left, right = (other, Q) if tall else (Q, other)
-    # the Gram route's error in a direction grows like eps * (s_max / s)^2: where a kept singular
-    # value is weak, decompose that matrix with a float64 SVD instead
-    weak = ((S > ZERO_SV * S[:, :1]) & (S < GRAM_FALLBACK * S[:, :1])).any(-1)
-    for i in torch.nonzero(weak).flatten().tolist():
-        u, sv, vh = torch.linalg.svd(flat[i].double(), full_matrices=False)
-        left[i], S[i], right[i] = u[:, :r], sv[:r], vh[:r].mT
-    S = S.reshape(*lead, r)
     return left.reshape(*lead, m, r), S, right.reshape(*lead, n, r)
 
 
@@ -148,7 +199,7 @@ def _flatten_tags(tags, lead: tuple[int, ...]) -> list[str]:
     return [t for sub in tags for t in _flatten_tags(sub, lead[1:])]
 
 
-_RSVD_CHUNK_BYTES = {"cpu": 32 << 20, "cuda": 1 << 30}  # float64 bytes of A converted at once
+_RSVD_CHUNK_BYTES = {"cuda": 1 << 30}  # float64 bytes of A converted at once on CUDA
 
 
 def randomized_svd(
@@ -161,18 +212,19 @@ def randomized_svd(
     ``A``'s device: the result does not depend on the device, the batch a matrix is part of,
     or its position there. ``power_iters`` power iterations with QR re-orthonormalisation
     after every product. Everything runs in float64 (products, QR and the small SVD), so the
-    only error left is the sketch's approximation error. A batch is converted to float64 a
-    chunk of matrices at a time (``_RSVD_CHUNK_BYTES``), so no float64 copy of the whole batch
-    is ever held.
+    only error left is the sketch's approximation error. A batch is converted to float64 one
+    matrix per CPU worker (on CUDA a chunk of ``_RSVD_CHUNK_BYTES`` at a time), so no float64
+    copy of the whole batch is ever held.
     """
     m, n = A.shape[-2:]
     lead = tuple(A.shape[:-2])
     ell = min(rank + oversample, m, n)
     flat = A.reshape(-1, m, n)
     names = _flatten_tags(tags, lead) if tags is not None else [f"#{i}" for i in range(flat.shape[0])]
-    per = max(1, _RSVD_CHUNK_BYTES.get(A.device.type, _RSVD_CHUNK_BYTES["cpu"]) // (8 * m * n))
-    Us, Ss, Vhs = [], [], []
-    for i in range(0, flat.shape[0], per):
+    # on the CPU one matrix per worker (see per_matrix); on CUDA batched chunks
+    per = 1 if A.device.type == "cpu" else max(1, _RSVD_CHUNK_BYTES["cuda"] // (8 * m * n))
+
+    def chunk(i: int) -> tuple[Tensor, Tensor, Tensor]:
         a = flat[i : i + per].double()
         omega = gaussian_test_matrices((a.shape[0],), n, ell, seed, names[i : i + per]).to(a.device)
         Q = torch.linalg.qr(a @ omega).Q  # (c, m, ell)
@@ -181,8 +233,9 @@ def randomized_svd(
             Z = torch.linalg.qr(a.mT @ Q).Q
             Q = torch.linalg.qr(a @ Z).Q
         Ub, S, Vh = torch.linalg.svd(Q.mT @ a, full_matrices=False)  # of the small (c, ell, n)
-        del a
-        Us.append((Q @ Ub)[..., :rank]), Ss.append(S[..., :rank]), Vhs.append(Vh[..., :rank, :])
+        return (Q @ Ub)[..., :rank], S[..., :rank], Vh[..., :rank, :]
+
+    Us, Ss, Vhs = zip(*per_matrix(chunk, range(0, flat.shape[0], per), device=A.device))
     U, S, Vh = torch.cat(Us), torch.cat(Ss), torch.cat(Vhs)
     r = U.shape[-1]
     return U.reshape(*lead, m, r), S.reshape(*lead, r), Vh.reshape(*lead, r, n)
@@ -255,26 +308,27 @@ def polar(X: Tensor) -> Tensor:
 
 def polar_and_singular_values(X: Tensor) -> tuple[Tensor, Tensor]:
     """(polar factor of X, singular values of X descending), both float64; see ``polar``."""
-    X = X.double()
     p, q = X.shape[-2:]
-    tall = q <= p
+    out = per_matrix(_polar_one, X.reshape(-1, p, q), device=X.device)
+    P = torch.stack([o[0] for o in out]).reshape(*X.shape[:-2], p, q)
+    return P, torch.stack([o[1] for o in out]).reshape(*X.shape[:-2], min(p, q))
+
+
+def _polar_one(X: Tensor) -> tuple[Tensor, Tensor]:
+    X = X.double()
+    tall = X.shape[-1] <= X.shape[-2]
     lam, Q = torch.linalg.eigh(_gram_upper(X if tall else X.mT), UPLO="U")
-    lam_max = lam[..., -1:].clamp_min(0)
+    lam_max = lam[-1:].clamp_min(0)
     null = lam <= _NULL_EIG * lam_max
+    if bool((~null & (lam <= _SAFE_EIG * lam_max)).any()):
+        # near-dependent columns: the Gram route loses accuracy there, so a float64 SVD
+        U, s, Vh = torch.linalg.svd(X, full_matrices=False)
+        keep = s > (_NULL_EIG**0.5) * s[:1]
+        return (U * keep) @ Vh, s * keep
     inv_sqrt = torch.where(null, 0.0, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt())
-    M = (Q * inv_sqrt.unsqueeze(-2)) @ Q.mT
+    M = (Q * inv_sqrt) @ Q.mT
     P = X @ M if tall else M @ X
-    S = torch.where(null, 0.0, lam.clamp_min(0).sqrt()).flip(-1)
-    gray = (~null & (lam <= _SAFE_EIG * lam_max)).flatten(-1).any(-1)
-    if bool(gray.any()):  # near-dependent columns: the Gram route loses accuracy there
-        flat_P, flat_X, flat_S = P.reshape(-1, p, q), X.reshape(-1, p, q), S.reshape(-1, S.shape[-1])
-        for i in torch.nonzero(gray.reshape(-1)).flatten().tolist():
-            U, s, Vh = torch.linalg.svd(flat_X[i], full_matrices=False)
-            keep = s > (_NULL_EIG**0.5) * s[:1]
-            flat_P[i] = (U * keep) @ Vh
-            flat_S[i] = s * keep
-        P, S = flat_P.reshape(P.shape), flat_S.reshape(S.shape)
-    return P, S
+    return P, torch.where(null, 0.0, lam.clamp_min(0).sqrt()).flip(-1)
 
 
 def orth_masked(A: Tensor, rtol: float = 1e-6, ref: Tensor | float | None = None) -> tuple[Tensor, Tensor]:
@@ -290,7 +344,10 @@ def orth_masked(A: Tensor, rtol: float = 1e-6, ref: Tensor | float | None = None
     n, c = A.shape[-2:]
     if c == 0:
         return A.new_zeros(*A.shape[:-2], n, 0), A.new_zeros(A.shape[:-2], dtype=torch.long)
-    U, S, _ = torch.linalg.svd(A, full_matrices=False)
+    flat = A.reshape(-1, n, c)
+    out = per_matrix(lambda a: torch.linalg.svd(a, full_matrices=False)[:2], flat, device=A.device)
+    U = torch.stack([o[0] for o in out]).reshape(*A.shape[:-2], n, min(n, c))
+    S = torch.stack([o[1] for o in out]).reshape(*A.shape[:-2], min(n, c))
     scale = S[..., :1] if ref is None else torch.as_tensor(ref, dtype=S.dtype, device=S.device)
     keep = S > rtol * scale
     return U * keep.unsqueeze(-2), keep.sum(-1)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from pactmerge.merging.linalg import polar, top_svd
+from pactmerge.merging.linalg import per_matrix, polar, top_svd
 from pactmerge.merging.params import SVDOptions
 from pactmerge.merging.spec import KeyContext, MethodSpec, linear_grid, mean_of_tasks
 
@@ -34,8 +35,12 @@ def concat_tasks(X: Tensor) -> Tensor:
 
 
 def whitened_product(U: Tensor, S: Tensor, V: Tensor) -> Tensor:
-    """polar(U) diag(S) polar(V)^T for U (B, m, k), S (B, k), V (B, n, k); float64."""
-    return (polar(U) * S.unsqueeze(-2)) @ polar(V).mT
+    """polar(U) diag(S) polar(V)^T for U (B, m, k), S (B, k), V (B, n, k); float64.
+
+    The 2B polar factors are independent decompositions, run side by side (``per_matrix``)."""
+    B = U.shape[0]
+    P = per_matrix(polar, [*U, *V], device=U.device)
+    return (torch.stack(P[:B]) * S.unsqueeze(-2)) @ torch.stack(P[B:]).mT
 
 
 def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
