@@ -97,3 +97,22 @@ def test_unknown_mode_and_empty_grid_are_refused():
         search_alpha(lambda a: a, GRID, "golden")
     with pytest.raises(ValueError, match="empty alpha grid"):
         search_alpha(lambda a: a, [], "grid")
+
+
+def test_a_first_pass_searches_and_the_full_score_confirms_by_a_hill_climb():
+    subset, sub_calls = _counted(lambda a: -abs(a - 0.9))  # the noisy estimate peaks at 0.9
+    full, full_calls = _counted(lambda a: -abs(a - 0.8))  # the truth: 0.8
+    res = search_alpha(full, GRID, "coarse_to_fine", bounds=(0.0, 4.0), first_pass=subset)
+    assert res.chosen == 0.8 and res.score == pytest.approx(0.0, abs=1e-12)
+    assert sorted(res.confirmed) == sorted(full_calls) == [0.75, 0.8, 0.85, 0.9, 0.95]  # climbed 0.9 -> 0.8
+    assert res.chosen in res.curve and res.evaluations == len(sub_calls) == len(res.curve)
+    assert not res.widened and not res.at_limit
+    rec = res.record()
+    assert rec["confirmed"]["0.8"] == rec["score"] and rec["curve"]["0.9"] == 0.0
+
+
+def test_a_confirming_climb_that_reaches_the_edge_widens_by_its_steps():
+    # the first pass sees an interior peak at 1.9, the full score keeps rising to 2.1
+    res = search_alpha(lambda a: -abs(a - 2.1), GRID, "coarse_to_fine", bounds=(0.0, 4.0),
+                       first_pass=lambda a: -abs(a - 1.9))
+    assert res.chosen == 2.1 and res.range == (0.0, 2.15) and res.widened and not res.at_limit

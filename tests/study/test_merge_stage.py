@@ -56,7 +56,7 @@ def test_predictions_round_trip_as_int16_per_task(tmp_path):
 
 
 @pytest.mark.slow
-def test_merges_are_searched_on_validation_and_evaluated_by_the_evaluate_stage(tiny_config):
+def test_merges_are_searched_on_validation_and_evaluated_by_the_evaluate_stage(tiny_config, monkeypatch):
     import numpy as np
 
     from pactmerge.pipeline import stages
@@ -76,12 +76,21 @@ def test_merges_are_searched_on_validation_and_evaluated_by_the_evaluate_stage(t
     assert ctx.accuracies(state, split="val") == direct == ctx.accuracies(state, split="val")
     assert Evaluator(ctx, cache_bytes=0).accuracies(state, split="val") == direct
 
+    from pactmerge.pipeline import merge_stage
+
+    monkeypatch.setattr(merge_stage, "ALPHA_SUBSET", 20)  # first pass on 20 of each task's 48 examples
     results = run_merge_stage(ctx)
     assert set(results) == {p.id for p in plan_merges(ctx.cfg.merge)}
     for mid, entry in results.items():
         search = entry["alpha_search"]
         assert entry["alpha"] == search["chosen"] and str(entry["alpha"]) in search["curve"]
-        assert entry["metrics"]["val_avg"] == search["curve"][str(entry["alpha"])]
+        assert entry["metrics"]["val_avg"] == search["score"]
+        if search["mode"] != "fixed":
+            assert search["subset_per_task"] == 20 and str(entry["alpha"]) in search["confirmed"]
+            assert search["score"] == search["confirmed"][str(entry["alpha"])]
+            # subset counts + complement counts = an evaluation of the whole validation split
+            accs = ctx.accuracies(ctx.store.load_state(f"merged/{mid}"), split="val")
+            assert search["score"] == pytest.approx(sum(accs.values()) / len(accs), abs=1e-12)
         assert "test" not in entry["metrics"]  # the evaluate stage measures test accuracy
         lo, hi = search["range"]
         assert search["hard_bounds"][0] <= lo <= min(search["grid"]) and max(search["grid"]) <= hi

@@ -48,6 +48,7 @@ class AlphaSearch:
     widened: bool = False
     at_limit: bool = False
     resolution: float | None = None
+    confirmed: dict[float, float] = field(default_factory=dict)  # α -> ``score`` where a first pass searched
 
     @property
     def evaluations(self) -> int:
@@ -58,7 +59,8 @@ class AlphaSearch:
         return {"mode": self.mode, "grid": list(self.grid), "range": list(self.range), "widened": self.widened,
                 "at_limit": self.at_limit, "curve": {_key(a): s for a, s in sorted(self.curve.items())},
                 "chosen": self.chosen, "score": self.score, "hard_bounds": list(self.hard_bounds),
-                "evaluations": self.evaluations, "resolution": self.resolution}
+                "evaluations": self.evaluations, "resolution": self.resolution,
+                "confirmed": {_key(a): s for a, s in sorted(self.confirmed.items())}}
 
 
 def _key(alpha: float) -> str:
@@ -100,13 +102,20 @@ def _spaced(start: int, stop: int, every: int) -> list[int]:
 
 def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: str = "coarse_to_fine", *,
                  bounds: tuple[float, float] | None = None, fixed: float | None = None,
-                 resolution: float | None = None) -> AlphaSearch:
+                 resolution: float | None = None, first_pass: Callable[[float], float] | None = None
+                 ) -> AlphaSearch:
     """Maximise ``score(alpha)`` starting from ``grid`` (see the module docstring).
 
     ``bounds``: the hard limits of widening (default: the grid's range, i.e. no widening);
     ``fixed``: the α of ``fixed`` mode (default: the grid's single point or its first);
     ``resolution``: the lattice step (default: the grid's smallest gap, at most ``FINE_STEP`` in
     ``coarse_to_fine`` mode). A single-point grid is searched as ``fixed``.
+
+    ``first_pass``: a cheaper, noisier estimate of ``score`` (a subset of the validation data).
+    Steps 1-3 then run on it, and ``score`` confirms: a hill climb on the lattice from the first
+    pass's best point, one step at a time, until neither neighbour scores higher (``confirmed``;
+    the chosen α and its score come from it). ``first_pass`` is also asked for every confirmed
+    point, so the curve holds them all (a caller scoring both from one evaluation pays nothing).
     """
     if mode not in MODES:
         raise ValueError(f"unknown alpha search mode {mode!r}; use {', '.join(MODES)}")
@@ -120,9 +129,10 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
         a = round(float(grid[0] if fixed is None else fixed), 6)
         s = float(score(a))
         return AlphaSearch(a, s, {a: s}, grid, (a, a), (lo_b, hi_b), "fixed")
+    search_fn, confirm_fn = (first_pass, score) if first_pass is not None else (score, None)
     gaps = [b - a for a, b in zip(grid, grid[1:])]
     step = round(resolution or (min(gaps) if mode == "grid" else min(min(gaps), FINE_STEP)), 10)
-    lat = _Lattice(step, score)
+    lat = _Lattice(step, search_fn)
     unit = lambda a: int(round(a / step))  # noqa: E731
     lo, hi = unit(grid[0]), unit(grid[-1])
     lo_bound, hi_bound = math.ceil(lo_b / step - 1e-9), math.floor(hi_b / step + 1e-9)
@@ -150,8 +160,26 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
             lo, widened = new_lo, True
         else:
             break
-    b = lat.best(lo, hi)
+    confirmed: dict[int, float] = {}
+    if confirm_fn is not None:
+        b = lat.best(lo, hi)
+        while True:
+            for u in (b - 1, b, b + 1):
+                if lo_bound <= u <= hi_bound and u not in confirmed:
+                    confirmed[u] = float(confirm_fn(lat.alpha(u)))
+                    lat.visit([u])
+            nxt = max(sorted(u for u in confirmed if abs(u - b) <= 1), key=lambda u: (confirmed[u], -u))
+            if nxt == b:
+                break
+            b = nxt
+        if min(confirmed) < lo or max(confirmed) > hi:
+            lo, hi, widened = min(lo, min(confirmed)), max(hi, max(confirmed)), True
+        best_score = confirmed[b]
+    else:
+        b = lat.best(lo, hi)
+        best_score = lat.curve[b]
     at_limit = (b == hi == hi_bound) or (b == lo == lo_bound)
     curve = {lat.alpha(u): s for u, s in sorted(lat.curve.items())}
-    return AlphaSearch(lat.alpha(b), lat.curve[b], curve, grid, (lat.alpha(lo), lat.alpha(hi)),
-                       (lo_b, hi_b), mode, widened=widened, at_limit=at_limit, resolution=step)
+    return AlphaSearch(lat.alpha(b), best_score, curve, grid, (lat.alpha(lo), lat.alpha(hi)),
+                       (lo_b, hi_b), mode, widened=widened, at_limit=at_limit, resolution=step,
+                       confirmed={lat.alpha(u): s for u, s in sorted(confirmed.items())})

@@ -182,24 +182,30 @@ class Evaluator:
         self.cache_bytes = cache_bytes
         self._inputs: dict[tuple[str, str, int | None], Any] = {}
 
-    def inputs(self, task: str, split: str, subset: int | None = None) -> Any:
-        """The examples of ``task``'s ``split`` (or subset): a ``CachedSplit`` once they fit the cache."""
-        key = (task, split, subset)
+    def inputs(self, task: str, split: str, subset: int | None = None, complement: bool = False) -> Any:
+        """The examples of ``task``'s ``split`` (or subset, or the subset's complement): a ``CachedSplit``
+        once they fit the cache."""
+        key = (task, split, subset, complement)
         if key not in self._inputs:
             dm = self.ctx.datamodule(task)
-            source = dm if subset is None else SplitSubset(dm, split, subset, self.ctx.cfg.seed)
+            source = dm if subset is None else SplitSubset(dm, split, subset, self.ctx.cfg.seed, complement=complement)
             used = sum(c.nbytes for c in self._inputs.values() if isinstance(c, CachedSplit))
             cached = CachedSplit(list(finished_batches(source, split, self.device)))
             self._inputs[key] = cached if used + cached.nbytes <= self.cache_bytes else source
         return self._inputs[key]
 
     def predictions(self, state: Mapping[str, torch.Tensor] | None, tasks: Iterable[str] | None = None,
-                    split: str = "test", subset: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                    split: str = "test", subset: int | None = None, *, complement: bool = False
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Task -> (pred, label) of ``predict_encoder``; tasks whose subset complement is empty are left out."""
         loaded = self.ctx.loaded
         keys = self.ctx.task_keys if tasks is None else list(tasks)
         heads = self.ctx.heads()
-        return predict_encoder(loaded.encoder, state, {t: heads[t] for t in keys},
-                               {t: self.inputs(t, split, subset) for t in keys}, split=split,
+        data = {t: self.inputs(t, split, subset, complement) for t in keys}
+        data = {t: d for t, d in data.items() if not hasattr(d, "__len__") or len(d)}
+        if not data:
+            return {}
+        return predict_encoder(loaded.encoder, state, {t: heads[t] for t in data}, data, split=split,
                                logit_scale=loaded.logit_scale, device=str(self.device), precision=self.precision)
 
     def accuracies(self, state: Mapping[str, torch.Tensor] | None, tasks: Iterable[str] | None = None,
