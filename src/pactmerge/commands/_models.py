@@ -1,5 +1,5 @@
 """Encoders for the commands that take models from a run directory's store or from plain files
-(``analyze``, ``transfer``): one way to open the store, read an entry and read a file, each
+(``analyze``, ``transfer``, ``export``): one way to open the store, read an entry and read a file, each
 returned as an image-tower state dict (``interop.files.encoder_state``)."""
 
 from __future__ import annotations
@@ -43,11 +43,15 @@ class ModelSource:
         store = self.require_store(f"the store entry {name!r}")
         return encoder_state(store.load_state(name), source=f"{self.store_dir}:{name}")[0]
 
-    def from_file(self, path: str | Path, *, like: dict[str, Any] | None = None, name: str | None = None
-                  ) -> dict[str, Any]:
+    def read_file(self, path: str | Path) -> tuple[dict[str, Any], str]:
+        """(state, the layout it was read in) of an encoder file."""
         from pactmerge.interop.files import load_encoder_file
 
-        state, layout = load_encoder_file(path, trust_pickle=self.trust_pickle, legacy_pickle=self.legacy_pickle)
+        return load_encoder_file(path, trust_pickle=self.trust_pickle, legacy_pickle=self.legacy_pickle)
+
+    def from_file(self, path: str | Path, *, like: dict[str, Any] | None = None, name: str | None = None
+                  ) -> dict[str, Any]:
+        state, layout = self.read_file(path)
         if like is None:
             return state
         from pactmerge.interop.importer import conform

@@ -20,25 +20,23 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from pactmerge.commands._models import ModelSource
     from pactmerge.errors import ConfigError
     from pactmerge.interop.exporter import export_hf, export_open_clip
-    from pactmerge.interop.files import encoder_state, load_encoder_file
 
+    source = ModelSource(args.store, trust_pickle=args.trust_pickle)
     model_config = None
     if args.store:
-        from pactmerge.checkpoints import CheckpointStore
-
         if not args.name:
             raise ConfigError("--store needs --name (e.g. --name merged/pact+tsvm)")
-        store = CheckpointStore(args.store, create=False)
-        state, layout = encoder_state(store.load_state(args.name), source=f"{args.store}:{args.name}")
-        model_config = (store.manifest.get("identity") or {}).get("model_config")
-        meta = {"store": str(args.store), "name": args.name, "entry": {k: v for k, v in store.entry(args.name).items()
-                                                                       if k not in ("file",)}}
+        state = source.from_store(args.name)
+        model_config = (source.store.manifest.get("identity") or {}).get("model_config")
+        meta = {"store": str(args.store), "name": args.name,
+                "entry": {k: v for k, v in source.store.entry(args.name).items() if k not in ("file",)}}
     else:
         if args.name:
             raise ConfigError("--name selects a store entry; with --input give the file only")
-        state, layout = load_encoder_file(args.input, trust_pickle=args.trust_pickle)
+        state, layout = source.read_file(args.input)
         meta = {"input": str(args.input), "input_layout": layout}
     if args.format == "open_clip":
         paths = export_open_clip(state, args.out, meta=meta)

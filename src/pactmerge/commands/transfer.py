@@ -63,9 +63,7 @@ def run(args) -> int:
         target_desc = {"store": str(args.store), "name": args.target_name,
                        "sha256": source.store.entry(args.target_name)["sha256"]}
     else:
-        from pactmerge.interop.files import load_encoder_file
-
-        target, layout = load_encoder_file(args.target, trust_pickle=args.trust_pickle, legacy_pickle=args.legacy_pickle)
+        target, layout = source.read_file(args.target)
         target_desc = {"file": str(args.target), "layout": layout}
     if not str(args.out).endswith(".safetensors"):
         raise ConfigError(f"--out {args.out}: name the output *.safetensors")
