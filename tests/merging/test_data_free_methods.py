@@ -207,3 +207,17 @@ def test_pact_with_K0_is_the_plain_method(method, params, models):
     assert any(float(v.abs().sum()) > 0 for v in plain.tau.values())
     cleaning = merge(pre, fts, "pact+" + method, params=params, pact={"K": 3, "k": 2})
     assert not _equal(plain, cleaning)  # PACT does act on these models
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method,params", [("dare", {}), ("dare", {"base": "ties"}), ("breadcrumbs", {}),
+                                           ("consensus", {}), ("magmax", {})])
+def test_cpu_and_cuda_agree(method, params, deep_models):
+    # DARE's masks are drawn on the CPU whatever the device: the same entries are dropped
+    pre, fts = deep_models
+    cpu = merge(pre, fts, method, params=params, device="cpu")
+    gpu = merge(pre, fts, method, params=params, device="cuda")
+    if method == "dare" and not params:
+        assert _equal(cpu, gpu)
+    assert all(torch.allclose(cpu.tau[k], gpu.tau[k], rtol=1e-5, atol=1e-6) for k in cpu.tau)
