@@ -221,3 +221,15 @@ def test_cpu_and_cuda_agree(method, params, deep_models):
     if method == "dare" and not params:  # the same entries dropped by every task
         assert all(torch.equal(cpu.tau[k] == 0, gpu.tau[k] == 0) for k in cpu.tau)
     assert all(torch.allclose(cpu.tau[k], gpu.tau[k], rtol=1e-5, atol=1e-6) for k in cpu.tau)
+
+
+@pytest.mark.parametrize("method,params", [("dare", {"base": "ties"}), ("pact+dare", {"base": "ties"}),
+                                           ("consensus", {"base": "ties"}), ("pact+breadcrumbs", {}),
+                                           ("pact+magmax", {})])
+def test_streaming_equals_in_memory(method, params, models, tmp_path):
+    pre, fts = models
+    pact = {"K": 3, "k": 2} if method.startswith("pact+") else None
+    pre_path, paths = model_files(tmp_path, pre, fts)
+    mem = merge(pre, fts, method, params=params, pact=pact)
+    disk = merge_files(pre_path, paths, method, params=params, pact=pact)
+    assert _equal(mem, disk)
