@@ -27,7 +27,8 @@ METHODS: dict[str, MethodSpec] = {
     "magmax": magmax.SPEC,
 }
 
-ALIASES = {"ta": "task_arithmetic", "tsv_m": "tsvm", "tsv-m": "tsvm", "iso-c": "iso_c", "iso-cts": "iso_cts"}
+ALIASES = {"ta": "task_arithmetic", "tsv_m": "tsvm", "tsv-m": "tsvm", "iso-c": "iso_c", "iso-cts": "iso_cts",
+           "model_breadcrumbs": "breadcrumbs", "tall_masks": "consensus", "tall": "consensus"}
 
 PACT_PREFIX = "pact+"
 
