@@ -106,3 +106,16 @@ def test_merges_are_searched_on_validation_and_evaluated_by_the_evaluate_stage(t
             assert np.array_equal(label, np.asarray(ctx.datamodule(t).datasets["test"].labels, dtype=np.int16))
     assert any(n.startswith("merged/") for n, _ in stages.evaluation_plan(ctx))
     assert stages.evaluate(ctx) is False  # all evaluated: nothing to do
+
+
+def test_evaluation_precision_resolution():
+    import torch
+
+    from pactmerge.pipeline.evaluate import cpu_has_bf16, resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("32", cuda) == "32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cuda) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_bf16() else "32")
+    with pytest.raises(ValueError, match="use one of auto, 32, bf16"):
+        resolve_precision("fp16", cpu)

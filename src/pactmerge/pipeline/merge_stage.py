@@ -200,6 +200,7 @@ def _build_one(ctx: Any, planned: PlannedMerge, inputs: MergeInputs, key_policy:
         "alpha": search.chosen,
         "alpha_search": {**search.record(), "subset_per_task": ALPHA_SUBSET if val.has_rest else None},
         "metrics": {"val_avg": search.score},
+        "eval_precision": ctx.evaluator().precision,
         "diagnostics_file": str(diag_path.relative_to(store.root)),
         "timings": {"merge_s": merge_s, "alpha_s": alpha_s, **res.timings},
     }
