@@ -8,8 +8,7 @@ from pactmerge.errors import MergeError
 from pactmerge.merging import get_method, merge, merge_files
 from pactmerge.merging.methods.dare import keep_mask
 
-from conftest import finetune, tiny_encoder
-from fixtures import model_files
+from fixtures import finetune, model_files, tiny_encoder
 
 NEW = ["dare", "breadcrumbs", "consensus", "magmax"]
 

@@ -14,8 +14,7 @@ from pactmerge.merging import SVDOptions, merge, merge_files, randomized_svd
 from pactmerge.merging.linalg import top_svd
 from pactmerge.merging.sources import DictSource, fingerprint
 
-from conftest import finetune, tiny_encoder
-from fixtures import model_files
+from fixtures import finetune, model_files, tiny_encoder
 
 RAND = {"svd": "randomized", "oversample": 2, "power_iters": 1, "seed": 7}
 PACT = {"K": 3, "k": 2}
