@@ -240,6 +240,7 @@ def _load_weights_file(clip: nn.Module, path: Path, trust_pickle: bool, legacy_p
     from open_clip.model import resize_pos_embed
 
     from pactmerge.interop.files import load_clip_file
+    from pactmerge.merging.keys import normalize_keys
 
     sd, layout = load_clip_file(path, trust_pickle=trust_pickle, legacy_pickle=legacy_pickle)
     full = any(k.startswith("visual.") for k in sd)
@@ -247,7 +248,7 @@ def _load_weights_file(clip: nn.Module, path: Path, trust_pickle: bool, legacy_p
         sd = {f"visual.{k}": v for k, v in sd.items()}
     if "visual.positional_embedding" in sd:
         resize_pos_embed(sd, clip)  # a different image_size changes the number of patches
-    visual = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
+    visual = normalize_keys(sd, tower=True)
     result = clip.visual.load_state_dict(visual, strict=False)
     if layout == "hf" and result.missing_keys == ["proj"]:  # a CLIPVisionModel has no projection
         log.info("%s: no visual projection in this checkpoint; 'proj' keeps its seeded initialisation", path)
