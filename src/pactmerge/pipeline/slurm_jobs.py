@@ -72,8 +72,20 @@ def _parse_scontrol(text: str) -> dict[str, dict[str, str]]:
             continue
         jobs[fields["JobId"]] = fields
         if fields.get("ArrayJobId") and fields.get("ArrayTaskId"):
-            jobs[f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"] = fields
+            for index in _indices(fields["ArrayTaskId"]):  # a pending array is one line: "0-3", "0,2%1"
+                jobs[f"{fields['ArrayJobId']}_{index}"] = fields
     return jobs
+
+
+def _indices(spec: str) -> list[str]:
+    out: list[str] = []
+    for part in spec.split("%")[0].split(","):
+        lo, sep, hi = part.partition("-")
+        if sep and lo.isdigit() and hi.split(":")[0].isdigit():
+            out += [str(i) for i in range(int(lo), int(hi.split(":")[0]) + 1)]
+        elif part.isdigit():
+            out.append(part)
+    return out
 
 
 def job_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
@@ -115,13 +127,13 @@ def slurm_status(run_dir: str | Path, stored: set[str]) -> dict[str, Any] | None
     for entry, jid in rec["jobs"].items():
         rows.append({"entry": entry, "job": jid, **states[jid]})
     failed = [r for r in rows if r["state"] in FAILED_STATES and r["entry"] not in stored]
-    active = [r for r in rows if r["state"] in ACTIVE_STATES]
+    active = [r["entry"] for r in rows if r["state"] in ACTIVE_STATES]
     command = None
     if rec.get("config"):
         command = f"pactmerge slurm {shlex.quote(rec['config'])} --missing --submit"
         if rec.get("scripts") and Path(rec["scripts"]) != Path(run_dir).resolve() / "slurm":
             command += f" --out {shlex.quote(rec['scripts'])}"
-    return {"record": rec["path"], "jobs": rows, "failed": failed, "active": bool(active), "resubmit": command}
+    return {"record": rec["path"], "jobs": rows, "failed": failed, "active": active, "resubmit": command}
 
 
 def format_slurm(status: dict[str, Any]) -> list[str]:
@@ -138,4 +150,6 @@ def format_slurm(status: dict[str, Any]) -> list[str]:
         lines.append(f"    {r['entry']:<28} job {r['job']:<12} {detail}")
     for r in status["failed"]:
         lines.append(f"  FAILED: {r['entry']} (job {r['job']}, {r['state']})")
+    if status["active"]:
+        lines.append(f"  queued or running: {', '.join(status['active'])}; let them end before resubmitting")
     return lines
