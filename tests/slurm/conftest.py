@@ -8,7 +8,6 @@ job computes what a local run with the same environment computes.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -18,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "slurm_test_cluster.sh"
@@ -114,32 +112,3 @@ def slurm_cluster(tmp_path_factory):
         yield cluster
     finally:
         subprocess.run(["bash", str(SCRIPT), "down", str(directory)], env=env, capture_output=True)
-
-
-def write_study(directory: Path, **overrides) -> Path:
-    """The tiny offline study (tests/study/conftest.py) for a CPU cluster, one CPU per job."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_study_conftest", REPO / "tests" / "study" / "conftest.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
-    directory.mkdir(parents=True, exist_ok=True)
-    cfg = study.tiny_study_config(directory, **overrides)
-    cfg["cluster"] = {"accelerator": "cpu", "cpus_per_task": 1, "time": "00:20:00", **cfg.get("cluster", {})}
-    path = directory / "study.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def read_jobs(run_dir: Path) -> dict[str, str]:
-    """Store entry -> job id of the latest submission (RUN_DIR/slurm/jobs.tsv)."""
-    jobs = {}
-    for line in (run_dir / "slurm" / "jobs.tsv").read_text().splitlines():
-        _, name, value = line.split("\t")
-        if not name.startswith("#"):
-            jobs[name] = value
-    return jobs
-
-
-def manifest(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())["entries"]

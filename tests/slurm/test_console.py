@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_study
+from slurm_helpers import write_study
 
 pytestmark = pytest.mark.slow
 HINT = "The `srun` command is available on your system but is not used"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import manifest, write_study
+from slurm_helpers import manifest, write_study
 
 pytestmark = pytest.mark.slurm
 
@@ -87,8 +87,8 @@ def test_signalled_fine_tune_requeues_and_resumes_bitwise(slurm_cluster, tmp_pat
 
 
 def test_joint_fine_tune_on_two_nodes_resumes_after_requeue(slurm_cluster, tmp_path):
-    cfg = write_study(tmp_path / "study", recipe__batch_size=8, recipe__ckpt_every_n_steps=4, comparisons__joint_steps=16,
-                      cluster__num_nodes=2, cluster__devices=1, cluster__strategy="ddp")
+    cfg = write_study(tmp_path / "study", recipe__batch_size=8, recipe__ckpt_every_n_steps=4,
+                      comparisons__joint_steps=32, cluster__num_nodes=2, cluster__devices=1, cluster__strategy="ddp")
     run = tmp_path / "study" / "run"
     slurm_cluster.watch = [run]
     single = tmp_path / "single"
@@ -123,9 +123,9 @@ def test_joint_fine_tune_on_two_nodes_resumes_after_requeue(slurm_cluster, tmp_p
     assert {int(b) for _, _, b in ranks} == {len(plan) // 2}
     summary = json.loads((fit / "final.json").read_text())
     single_summary = json.loads((single / "lightning" / "joint" / "final.json").read_text())
-    assert summary["steps"] == single_summary["steps"] == 16
+    assert summary["steps"] == single_summary["steps"] == 32
     assert abs(summary["metrics"]["val/acc"] - single_summary["metrics"]["val/acc"]) <= DDP_ACC_TOLERANCE, \
         (summary["metrics"], single_summary["metrics"])
     entries = manifest(run)
-    assert "joint" in entries and entries["joint"]["steps"] == 16
+    assert "joint" in entries and entries["joint"]["steps"] == 32
     assert sorted(p.name for p in fit.glob("*.ckpt")) == ["last.ckpt"]

@@ -10,7 +10,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from conftest import manifest, read_jobs, write_study
+from slurm_helpers import manifest, read_jobs, write_study
 
 pytestmark = pytest.mark.slurm
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import manifest, write_study
+from slurm_helpers import manifest, write_study
 
 pytestmark = pytest.mark.slow
 
