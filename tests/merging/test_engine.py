@@ -238,3 +238,34 @@ def test_merge_files_reads_bf16_safetensors_and_torch_files(models, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
     with pytest.raises(CheckpointError, match="junk.safetensors: not a readable safetensors file"):
         merge_files(tmp_path / "pre.safetensors", [tmp_path / "junk.safetensors"], "ta")
+
+
+@pytest.mark.parametrize("svd", ["exact", "randomized"])
+def test_task_by_task_merge_equals_all_tasks_at_once_bitwise(svd, tmp_path):
+    """TSV-M's matrix keys and every mean-of-tasks vector key are merged a few tasks at a time
+    (never holding all T task vectors); the result is the all-at-once rule's, bit for bit."""
+    from pactmerge.merging.methods import tsvm
+    from pactmerge.merging.spec import KeyContext, mean_of_tasks
+
+    g = torch.Generator().manual_seed(0)
+    pre = {"a.weight": torch.randn(24, 16, generator=g), "conv.weight": torch.randn(6, 2, 3, 3, generator=g),
+           "a.bias": torch.randn(24, generator=g)}
+    fts = [{k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in pre.items()} for _ in range(5)]
+    ids = [f"task{i}" for i in range(5)]
+    params = {"svd": svd, "seed": 3}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # tasks in chunks of 2, 2, 1
+    try:
+        res = merge(pre, fts, "tsvm", params=params, task_ids=ids)
+        for i, sd in enumerate([pre, *fts]):
+            save_file(sd, str(tmp_path / f"{i}.safetensors"))
+        disk = merge_files(tmp_path / "0.safetensors", [tmp_path / f"{i}.safetensors" for i in range(1, 6)], "tsvm",
+                           params=params, task_ids=ids)
+    finally:
+        torch.set_num_threads(before)
+    taus = {k: torch.stack([ft[k] - pre[k] for ft in fts]) for k in pre}
+    p = get_method("tsvm").params_cls(**params)
+    whole = tsvm.merge_matrices(taus["a.weight"][:, None], p, KeyContext(["a.weight"], {}, tuple(ids)))[0]
+    assert torch.equal(res.tau["a.weight"], whole) and torch.equal(disk.tau["a.weight"], whole)
+    for k in ("conv.weight", "a.bias"):  # conv kernels are vector keys by default: the mean
+        assert torch.equal(res.tau[k], mean_of_tasks(taus[k])) and torch.equal(disk.tau[k], res.tau[k])

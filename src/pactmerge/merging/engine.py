@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,12 +22,13 @@ from torch import Tensor
 from pactmerge.errors import MergeError
 from pactmerge.merging import pact as pact_mod
 from pactmerge.merging.cache import PACTCache
+from pactmerge.merging.device import resolve_device
 from pactmerge.merging.pact import PACTConfig
 from pactmerge.merging.params import svd_options
 from pactmerge.merging.keys import KeyPolicy, matrix_shape
 from pactmerge.merging.registry import get_method, resolve_params
 from pactmerge.merging.sources import DictSource, check_finite, fingerprint, open_source, validate_sources
-from pactmerge.merging.spec import KeyContext
+from pactmerge.merging.spec import KeyContext, mean_of_tasks
 from pactmerge.merging.task_vector import TaskVector, apply_task_vector
 
 log = logging.getLogger(__name__)
@@ -140,31 +142,6 @@ def merge_files(
     ).run()
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """The torch device for ``device``: ``"auto"`` is CUDA when available, else the CPU.
-
-    ``MergeError`` for a string that is not a torch device, or for CUDA asked for without CUDA.
-    """
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise MergeError(f"device {device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise MergeError(f"device {device!r}: merges run on 'cpu' or 'cuda' (or 'auto'), not {dev.type!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MergeError(f"device {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise MergeError(
-                f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s); use 'cuda' or 'cuda:0'"
-            )
-    return dev
-
-
 class _Engine:
     def __init__(self, pre, fts, method, params, pact, key_policy, device, compute_dtype, cacheable,
                  task_ids=None, batch_bytes=None, pact_cache=None):
@@ -196,6 +173,13 @@ class _Engine:
         self.timings: dict[str, float] = defaultdict(float)
         self._cache: dict[int, Tensor] | None = None
         self._pact_diag: dict[str, list[dict]] = {}
+        # task by task where the result is the same bitwise: the mean of vector keys, and matrix keys
+        # of a method whose module offers BY_TASK (not under PACT, which needs every task at once)
+        self._vector_mean = self.spec.merge_vectors is mean_of_tasks
+        module = sys.modules.get(getattr(self.spec.merge_matrices, "__module__", ""))
+        form = getattr(module, "BY_TASK", None)
+        mine = getattr(module, "merge_matrices", None) is self.spec.merge_matrices
+        self._task_form = form if mine and not self.spec.pact and self.spec.prepare is None else None
 
     def _pact_applies(self, key: str) -> bool:
         return self.spec.pact and self.policy.pact_applies(key) and self.pact_cfg.applies(key)
@@ -230,17 +214,20 @@ class _Engine:
         return items
 
     # -- loading and preprocessing ------------------------------------------------------------
-    def _load(self, keys: list[str]) -> tuple[Tensor, Tensor]:
-        """(theta0 (B, *shape), taus (T, B, *shape)) on the device in the compute dtype."""
+    def _load(self, keys: list[str], tasks: range | None = None, base: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(theta0 (B, *shape), taus (len(tasks), B, *shape)) on the device in the compute dtype
+        (all tasks by default; ``base`` when theta0 is already loaded)."""
         t0 = time.perf_counter()
-        base = []
-        for key in keys:
-            t = self.pre.get(key)
-            check_finite(t, key, self.pre.name)
-            base.append(t.to(self.device, self.dtype))
-        base = torch.stack(base)
-        taus = torch.empty((len(self.fts), *base.shape), dtype=self.dtype, device=self.device)
-        for i, src in enumerate(self.fts):
+        if base is None:
+            base = []
+            for key in keys:
+                t = self.pre.get(key)
+                check_finite(t, key, self.pre.name)
+                base.append(t.to(self.device, self.dtype))
+            base = torch.stack(base)
+        tasks = range(len(self.fts)) if tasks is None else tasks
+        taus = torch.empty((len(tasks), *base.shape), dtype=self.dtype, device=self.device)
+        for i, src in enumerate(self.fts[j] for j in tasks):
             for b, key in enumerate(keys):
                 t = src.get(key)
                 check_finite(t, key, src.name)
@@ -248,11 +235,37 @@ class _Engine:
         self.timings["load"] += time.perf_counter() - t0
         return base, taus
 
-    def _items(self, record: bool) -> Iterator[tuple[str, list[str], Tensor]]:
-        """(kind, keys, task vectors) per work item; matrix items as (T, B, m, n) after PACT."""
+    def _by_task(self, kind: str, keys: list[str], ctx: KeyContext) -> Tensor:
+        """One item merged from a few tasks at a time (``torch.get_num_threads()`` on the CPU), so
+        the T task vectors are never all held: vector keys as the float64 running mean (what
+        ``mean_of_tasks`` computes, bitwise), matrix keys through the method's ``BY_TASK`` form."""
+        T = len(self.fts)
+        step = max(1, torch.get_num_threads()) if self.device.type == "cpu" else T
+        base, parts, acc = None, [], None
+        for start in range(0, T, step):
+            tasks = range(start, min(T, start + step))
+            base, taus = self._load(keys, tasks, base)
+            if kind == "vector":
+                for t in taus[:, 0]:
+                    acc = t.to(torch.float64, copy=True) if acc is None else acc.add_(t)
+            else:
+                m, n = matrix_shape(tuple(base.shape[1:]))
+                sub = KeyContext(keys, ctx.state, ctx.task_ids[start : start + step] if ctx.task_ids else ())
+                parts.append(self._task_form[0](taus.reshape(len(tasks), len(keys), m, n), self.mparams, sub, T))
+            taus = None
+        if kind == "vector":
+            return (acc / T).to(self.dtype)
+        return self._task_form[1](parts, self.mparams, ctx, base.reshape(len(keys), m, n))
+
+    def _items(self, record: bool, lazy: bool = False) -> Iterator[tuple[str, list[str], Tensor | None]]:
+        """(kind, keys, task vectors) per work item; matrix items as (T, B, m, n) after PACT.
+        ``lazy``: None instead of the task vectors for items ``_by_task`` can merge."""
         for idx, (kind, keys) in enumerate(self._plan()):
             if self._cache is not None and idx in self._cache:
                 yield kind, keys, self._cache[idx]
+                continue
+            if lazy and (self._vector_mean if kind == "vector" else self._task_form is not None):
+                yield kind, keys, None
                 continue
             if kind == "matrix" and self.pact_cache is not None and self._pact_applies(keys[0]):
                 hit = self.pact_cache.get(self._pact_signature(), keys, self.device)
@@ -333,15 +346,18 @@ class _Engine:
             self.spec.prepare(self._stream, self.mparams, state)
             self.timings["prepare"] += time.perf_counter() - t0
         tau: dict[str, Tensor] = {}
-        for kind, keys, taus in self._items(record=True):
+        for kind, keys, taus in self._items(record=True, lazy=True):
             t0 = time.perf_counter()
             ctx = KeyContext(keys, state, tuple(self.task_ids or ()))
-            if kind == "matrix":
+            if taus is None:
+                merged = self._by_task(kind, keys, ctx)
+                merged = merged if kind == "matrix" else merged.unsqueeze(0)
+            elif kind == "matrix":
                 merged = self.spec.merge_matrices(taus, self.mparams, ctx)
-                for b, key in enumerate(keys):
-                    tau[key] = merged[b].reshape(self.pre.meta(key).shape).to("cpu", torch.float32)
             else:
-                tau[keys[0]] = self.spec.merge_vectors(taus[:, 0], self.mparams, ctx).to("cpu", torch.float32)
+                merged = self.spec.merge_vectors(taus[:, 0], self.mparams, ctx).unsqueeze(0)
+            for b, key in enumerate(keys):
+                tau[key] = merged[b].reshape(self.pre.meta(key).shape).to("cpu", torch.float32)
             taus = merged = None  # free this batch before the next one is read
             self._sync()
             self.timings["merge"] += time.perf_counter() - t0

@@ -43,22 +43,38 @@ def whitened_product(U: Tensor, S: Tensor, V: Tensor) -> Tensor:
     return (torch.stack(P[:B]) * S.unsqueeze(-2)) @ torch.stack(P[B:]).mT
 
 
-def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
-    T, B, m, n = taus.shape
-    r = min(m, n) // T
-    if r == 0:
+def task_factors(taus: Tensor, params: Params, ctx: KeyContext, num_tasks: int):
+    """Top-``r`` triplets (U, S, V) of the tasks in ``taus`` (c, B, m, n), some of ``num_tasks`` tasks
+    (``ctx.task_ids`` are theirs); None where r = 0. Each task's triplets depend on it alone."""
+    m, n = taus.shape[-2:]
+    r = min(m, n) // num_tasks
+    return top_svd(taus, r, params, ctx.svd_tags("tsvm")) if r else None
+
+
+def combine(parts: list, params: Params, ctx: KeyContext, like: Tensor) -> Tensor:
+    """The merged (B, m, n) from ``task_factors`` of every task, in task order; ``like``: (B, m, n)."""
+    B, m, n = like.shape
+    if any(p is None for p in parts):
         # more tasks than min(m, n): no task keeps a singular direction, the key stays at theta0
         diag = ctx.state.setdefault("diagnostics", {}).setdefault("tsvm_zero_rank_keys", [])
         for key in ctx.keys:  # one warning per merge sums these up (engine)
             log.debug(
-                "TSV-M: key %r (shape %dx%d) has min(m, n) = %d < T = %d tasks, so r_t = 0: "
-                "its merged task vector is zero (the key keeps its pre-trained value)", key, m, n, min(m, n), T,
+                "TSV-M: key %r (shape %dx%d) has min(m, n) = %d < T tasks, so r_t = 0: its merged task "
+                "vector is zero (the key keeps its pre-trained value)", key, m, n, min(m, n),
             )
             diag.append(key)
-        return taus.new_zeros(B, m, n)
-    U, S, V = top_svd(taus, r, params, ctx.svd_tags("tsvm"))  # (T, B, m, r), (T, B, r), (T, B, n, r)
-    S = S.permute(1, 0, 2).reshape(B, T * r)
-    return whitened_product(concat_tasks(U), S, concat_tasks(V)).to(taus.dtype)
+        return like.new_zeros(B, m, n)
+    U, S, V = (torch.cat(x) for x in zip(*parts))  # (T, B, m, r), (T, B, r), (T, B, n, r)
+    S = S.permute(1, 0, 2).reshape(B, -1)
+    return whitened_product(concat_tasks(U), S, concat_tasks(V)).to(like.dtype)
+
+
+def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
+    return combine([task_factors(taus, params, ctx, taus.shape[0])], params, ctx, taus[0])
+
+
+# the engine may feed the tasks a few at a time (a streaming merge then never holds all T task vectors)
+BY_TASK = (task_factors, combine)
 
 
 SPEC = MethodSpec(
