@@ -113,6 +113,7 @@ up() {
         echo "export SLURM_CONF=$CONF"
         return 0
     fi
+    rm -rf "$DIR/state" "$DIR/spool"  # nothing of an earlier cluster in DIR comes back
     write_conf
     hosts_line
     export SLURM_CONF=$CONF
@@ -130,10 +131,13 @@ down() {
     [ -f "$CONF" ] || { echo "no cluster in $DIR" >&2; return 0; }
     export SLURM_CONF=$CONF
     if pid_of "$DIR/slurmctld.pid" >/dev/null; then
-        # stopping slurmd does not end the jobs: cancel them first and let them go
-        scancel --full --quiet --state=PENDING >/dev/null 2>&1 || true
-        scancel --full --quiet >/dev/null 2>&1 || true
-        for _ in $(seq 1 50); do
+        # stopping slurmd does not end the jobs: cancel them first and let them go (a suspended
+        # job takes no signal until it is resumed)
+        for job in $(squeue -h -t suspended -o %i 2>/dev/null); do scontrol resume "$job" || true; done
+        local ids
+        ids=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+        [ -n "${ids// /}" ] && { scancel --quiet $ids >/dev/null 2>&1 || true; }
+        for _ in $(seq 1 100); do
             [ -z "$(squeue -h -t running,completing 2>/dev/null)" ] && break
             sleep 0.2
         done
