@@ -22,7 +22,7 @@ from torch import Tensor
 from pactmerge.errors import MergeError
 from pactmerge.merging import pact as pact_mod
 from pactmerge.merging.cache import PACTCache
-from pactmerge.merging.device import resolve_device
+from pactmerge.merging.device import resolve_device, return_freed_memory
 from pactmerge.merging.pact import PACTConfig
 from pactmerge.merging.params import svd_options
 from pactmerge.merging.keys import KeyPolicy, matrix_shape
@@ -359,6 +359,8 @@ class _Engine:
             for b, key in enumerate(keys):
                 tau[key] = merged[b].reshape(self.pre.meta(key).shape).to("cpu", torch.float32)
             taus = merged = None  # free this batch before the next one is read
+            if not self.cacheable:  # a streaming merge: what this batch freed goes back to the OS
+                return_freed_memory()
             self._sync()
             self.timings["merge"] += time.perf_counter() - t0
         self._cache = None

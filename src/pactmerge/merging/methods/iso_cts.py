@@ -75,7 +75,7 @@ def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
         Vs.append(concat_tasks(Vt))
     S = torch.cat(Ss, -1)
     S_iso = S.mean(-1, keepdim=True).expand_as(S)
-    return whitened_product(torch.cat(Us, -1), S_iso, torch.cat(Vs, -1)).to(taus.dtype)
+    return whitened_product(torch.cat(Us, -1), S_iso, torch.cat(Vs, -1), taus.dtype)
 
 
 SPEC = MethodSpec(

@@ -34,13 +34,20 @@ def concat_tasks(X: Tensor) -> Tensor:
     return X.permute(1, 2, 0, 3).reshape(B, p, T * r)
 
 
-def whitened_product(U: Tensor, S: Tensor, V: Tensor) -> Tensor:
-    """polar(U) diag(S) polar(V)^T for U (B, m, k), S (B, k), V (B, n, k); float64.
-
-    The 2B polar factors are independent decompositions, run side by side (``per_matrix``)."""
-    B = U.shape[0]
+def whitened_product(U: Tensor, S: Tensor, V: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    """polar(U) diag(S) polar(V)^T for U (B, m, k), S (B, k), V (B, n, k), computed in float64 and
+    returned in ``dtype``. The 2B polar factors are independent decompositions, run side by side
+    (``per_matrix``); the product is formed a block of rows at a time, so no float64 (m, n) is held."""
+    B, m = U.shape[:2]
     P = per_matrix(polar, [*U, *V], device=U.device)
-    return (torch.stack(P[:B]) * S.unsqueeze(-2)) @ torch.stack(P[B:]).mT
+    out = U.new_empty(B, m, V.shape[1], dtype=dtype)
+    for b in range(B):
+        for i in range(0, m, _ROWS):
+            out[b, i : i + _ROWS] = (P[b][i : i + _ROWS] * S[b]) @ P[B + b].mT
+    return out
+
+
+_ROWS = 1024
 
 
 def task_factors(taus: Tensor, params: Params, ctx: KeyContext, num_tasks: int):
@@ -52,7 +59,8 @@ def task_factors(taus: Tensor, params: Params, ctx: KeyContext, num_tasks: int):
 
 
 def combine(parts: list, params: Params, ctx: KeyContext, like: Tensor) -> Tensor:
-    """The merged (B, m, n) from ``task_factors`` of every task, in task order; ``like``: (B, m, n)."""
+    """The merged (B, m, n) from ``task_factors`` of every task, in task order (the list is consumed);
+    ``like``: (B, m, n) in the output dtype."""
     B, m, n = like.shape
     if any(p is None for p in parts):
         # more tasks than min(m, n): no task keeps a singular direction, the key stays at theta0
@@ -64,9 +72,11 @@ def combine(parts: list, params: Params, ctx: KeyContext, like: Tensor) -> Tenso
             )
             diag.append(key)
         return like.new_zeros(B, m, n)
-    U, S, V = (torch.cat(x) for x in zip(*parts))  # (T, B, m, r), (T, B, r), (T, B, n, r)
-    S = S.permute(1, 0, 2).reshape(B, -1)
-    return whitened_product(concat_tasks(U), S, concat_tasks(V)).to(like.dtype)
+    # task-major column blocks [X_1 .. X_T], built once; ``parts`` is emptied so its copies go now
+    U, V = (torch.cat([concat_tasks(p[i]) for p in parts], -1) for i in (0, 2))
+    S = torch.cat([p[1].permute(1, 0, 2).reshape(B, -1) for p in parts], -1)
+    parts.clear()
+    return whitened_product(U, S, V, like.dtype)
 
 
 def merge_matrices(taus: Tensor, params: Params, ctx: KeyContext) -> Tensor:
