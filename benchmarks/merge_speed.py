@@ -98,12 +98,20 @@ def vit_layout(name: str) -> dict[str, tuple[int, ...]]:
         return layout
 
 
-def _low_rank(m: int, n: int, rank: int, top: float, gen: torch.Generator) -> torch.Tensor:
-    """(m, n) matrix with ``rank`` singular values top/1, top/2, ... on random (near-orthogonal) bases."""
+# Task-vector spectra of the offline study (EfficientNet-Lite0 CLIP, 60 steps, lr 5e-4; the 26 matrix keys
+# with min(m, n) >= 32, convolutions as (out, in*kh*kw)): s_i / s_1 follows i^-p with p = 0.38..0.68 (median
+# 0.5) over the first 16 values, s_32 / s_1 = 0.07..0.24, s_min / s_1 = 0.005..0.08, and 90% of the energy
+# lies in the top 9%..47% of min(m, n). The synthetic fine-tunes copy that shape (docs/merging.md).
+SPECTRUM_POWER = 0.55
+LOW_RANK_FRACTION = 0.25  # rank of the power-law part, as a fraction of min(m, n)
+
+
+def _low_rank(m: int, n: int, rank: int, top: float, gen: torch.Generator, power: float = 1.0) -> torch.Tensor:
+    """(m, n) matrix with ``rank`` singular values top * i^-power on random (near-orthogonal) bases."""
     dev = gen.device
     a = torch.randn(m, rank, generator=gen, device=dev) / m**0.5
     b = torch.randn(n, rank, generator=gen, device=dev) / n**0.5
-    s = top / torch.arange(1, rank + 1, dtype=torch.float32, device=dev)
+    s = top * torch.arange(1, rank + 1, dtype=torch.float32, device=dev).pow(-power)
     return (a * s) @ b.T
 
 
@@ -126,15 +134,19 @@ def synth_pretrained(layout: dict, seed: int, dtype: torch.dtype, build_device: 
 
 def synth_finetuned(pre: dict, task: int, seed: int, rank: int, dtype: torch.dtype,
                     build_device: str = "cpu") -> dict[str, torch.Tensor]:
-    """``pre`` plus a task update: rank-``rank`` decaying part plus noise whose top singular value is ~5% of it."""
+    """``pre`` plus a task update shaped like the offline study's (``SPECTRUM_POWER``): on matrices a part of
+    rank ``rank`` (0: ``LOW_RANK_FRACTION`` of min(m, n)) with singular values 1e-2 * i^-0.55, plus Gaussian
+    noise whose top singular value is half the part's smallest, so the spectrum decays all the way down."""
     gen = torch.Generator(device=build_device).manual_seed(seed * 1000 + task + 1)
     sd = {}
     for key, w in pre.items():
         w = w.to(build_device)
         if w.ndim == 2:
             m, n = w.shape
-            noise = torch.randn(m, n, generator=gen, device=build_device) * (5e-4 / (m**0.5 + n**0.5))
-            delta = _low_rank(m, n, rank, 1e-2, gen) + noise
+            k = min(rank or max(1, int(LOW_RANK_FRACTION * min(m, n))), min(m, n))
+            floor = 0.5 * 1e-2 * k**-SPECTRUM_POWER
+            noise = torch.randn(m, n, generator=gen, device=build_device) * (floor / (m**0.5 + n**0.5))
+            delta = _low_rank(m, n, k, 1e-2, gen, SPECTRUM_POWER) + noise
         else:
             delta = 1e-4 * torch.randn(w.shape, generator=gen, device=build_device)
         sd[key] = (w.float() + delta).to(dtype).cpu()
@@ -204,7 +216,8 @@ def bench_methods(args, model, T, pre, fts, devices, rows, results):
                     rows.append(row)
                     print(f"  {method} {svd} {device}: {row['status']}", file=sys.stderr, flush=True)
                     continue
-                row.update(seconds=sw.seconds, peak_mib=(peak.cuda if device == "cuda" else peak.rss) / MIB, status="ok")
+                row.update(seconds=sw.seconds, peak_mib=(peak.cuda if device == "cuda" else peak.rss) / MIB, status="ok",
+                           load=os.getloadavg()[0])
                 if svd == "exact":
                     exact_tau = res.tau
                 elif svd == "randomized" and exact_tau is not None:
@@ -228,7 +241,7 @@ def bench_baseline(args, model, T, pre, fts):
         res = merge(sub_pre, sub_fts, "tsvm", params={"svd": "exact"}, device="cpu")
     return dict(
         model=model, T=T, blocks=args.baseline_blocks, loop_s=sw_loop.seconds, library_s=sw_lib.seconds,
-        speedup=sw_loop.seconds / sw_lib.seconds, rel_err=rel_err(res.tau, ref),
+        speedup=sw_loop.seconds / sw_lib.seconds, rel_err=rel_err(res.tau, ref), load=os.getloadavg()[0],
     )
 
 
@@ -259,11 +272,23 @@ def bench_streaming(args) -> dict:
         if proc.returncode != 0:
             return dict(status=f"error: {proc.stderr.strip()[-300:]}")
         child = json.loads(proc.stdout.strip().splitlines()[-1])
+    torch_mib = torch_baseline_mib()
     return dict(
         model=args.stream_model, T=args.stream_tasks, method=args.stream_method, svd=args.stream_svd,
-        checkpoint_mib=ckpt / MIB, **child, ratio_max_rss=child["max_rss_mib"] / (ckpt / MIB),
-        ratio_above_imports=(child["max_rss_mib"] - child["rss_after_imports_mib"]) / (ckpt / MIB), status="ok",
+        checkpoint_mib=ckpt / MIB, torch_import_mib=torch_mib, **child, ratio_max_rss=child["max_rss_mib"] / (ckpt / MIB),
+        ratio_above_torch=(child["max_rss_mib"] - torch_mib) / (ckpt / MIB),
+        ratio_above_imports=(child["max_rss_mib"] - child["rss_after_imports_mib"]) / (ckpt / MIB),
+        load=os.getloadavg()[0], status="ok",
     )
+
+
+TORCH_BASELINE = "import torch; print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])"
+
+
+def torch_baseline_mib() -> float:
+    """Peak RSS of a process that only imports torch (its libraries' pages included), MiB."""
+    proc = subprocess.run([sys.executable, "-c", TORCH_BASELINE], capture_output=True, text=True, check=True)
+    return int(proc.stdout.strip().splitlines()[-1]) * 1024 / MIB
 
 
 PEER_SCRIPT = Path(__file__).resolve().parent / "_peer_fusion_bench.py"
@@ -287,10 +312,18 @@ def _peer_note(python: str, why: str) -> str:
             "and pass --peer-python VENV/bin/python (or set PACTMERGE_PEER_PYTHON)")
 
 
-def _timed_run(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
-    t0 = time.perf_counter()
+def _children_cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed_run(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, CPU seconds of the child, the finished process)."""
+    c0, t0 = _children_cpu_s(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    return time.perf_counter() - t0, proc
+    return time.perf_counter() - t0, _children_cpu_s() - c0, proc
 
 
 def bench_peer(args) -> dict:
@@ -318,28 +351,33 @@ def bench_peer(args) -> dict:
         spec = dict(pretrained=str(pre_path), finetuned=[str(p) for p in paths], out=str(theirs), alpha=1.0)
         fb_cmd = [args.peer_python, str(PEER_SCRIPT), json.dumps(spec)]
         times = {"pactmerge": [], "fusion_bench": []}  # whole process
+        cpu = {"pactmerge": [], "fusion_bench": []}  # whole process, CPU seconds (user + system)
         inner = {"pactmerge": [], "fusion_bench": []}  # the merge alone, as each process timed it
         for _ in range(args.peer_repeats):  # alternate, so a change in machine load hits both
             for name, cmd in (("pactmerge", pm_cmd), ("fusion_bench", fb_cmd)):
-                seconds, proc = _timed_run(cmd)
+                seconds, cpu_s, proc = _timed_run(cmd)
                 if name == "fusion_bench" and proc.returncode == 3:  # found, but an import inside it failed
                     return {**row, "status": "skipped", "note": _peer_note(args.peer_python, proc.stderr.strip()[-160:])}
                 if proc.returncode != 0:
                     return {**row, "status": f"error: {name}: {proc.stderr.strip()[-300:]}"}
                 times[name].append(seconds)
+                cpu[name].append(cpu_s)
                 if name == "fusion_bench":
                     inner["fusion_bench"].append(json.loads(proc.stdout.strip().splitlines()[-1])["merge_s"])
                 else:
                     inner["pactmerge"].append(json.loads(Path(str(ours) + ".json").read_text())["timings"]["load_and_merge_s"])
-                print(f"  peer: {name} {seconds:.1f} s", file=sys.stderr, flush=True)
+                print(f"  peer: {name} {seconds:.1f} s ({cpu_s:.1f} CPU s, load {os.getloadavg()[0]:.1f})",
+                      file=sys.stderr, flush=True)
         pre = load_file(str(pre_path))
         tau_ours = {k: v.double() - pre[k].double() for k, v in load_file(str(ours)).items()}
         tau_theirs = {k: v.double() - pre[k].double() for k, v in load_file(str(theirs)).items()}
     pm_s, fb_s = min(times["pactmerge"]), min(times["fusion_bench"])
     return {**row, "pactmerge_s": pm_s, "fusion_bench_s": fb_s, "ratio": fb_s / pm_s,
+            "pactmerge_cpu_s": min(cpu["pactmerge"]), "fusion_bench_cpu_s": min(cpu["fusion_bench"]),
+            "cpu_ratio": min(cpu["fusion_bench"]) / min(cpu["pactmerge"]),
             "pactmerge_merge_s": min(inner["pactmerge"]), "fusion_bench_merge_s": min(inner["fusion_bench"]),
             "merge_ratio": min(inner["fusion_bench"]) / min(inner["pactmerge"]),
-            "rel_err": rel_err(tau_ours, tau_theirs), "status": "ok"}
+            "rel_err": rel_err(tau_ours, tau_theirs), "load": os.getloadavg()[0], "status": "ok"}
 
 
 def _vm_hwm_bytes() -> int:
@@ -385,7 +423,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--storage-dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of the synthetic checkpoints")
     p.add_argument("--build-device", choices=["cpu", "cuda"], default="cpu",
                    help="where the synthetic checkpoints are drawn (cuda: faster for ViT-L/14); they are kept on the CPU")
-    p.add_argument("--rank", type=int, default=16, help="rank of each synthetic task update")
+    p.add_argument("--rank", type=int, default=0, help="rank of the power-law part of each synthetic task update "
+                   "(default 0: a quarter of min(m, n))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-speed", action="store_true", help="skip the per-method timings")
     p.add_argument("--no-baseline", action="store_true", help="skip the loop-of-SVDs TSV-M comparison")
@@ -459,24 +498,28 @@ def main(argv=None) -> int:
 
     load_after = os.getloadavg()
     print(f"merge_speed ({args.preset} sizes): torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"{os.cpu_count()} CPUs, load average (1 min) {load_before[0]:.1f} at start and {load_after[0]:.1f} at end"
+          f"{os.cpu_count()} CPUs, load average (1 min) {load_before[0]:.1f} at start and {load_after[0]:.1f} at end "
+          "(a shared machine: each table's load column is the 1-minute load when its row finished)"
           + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     if rows:
         print("\nseconds and peak memory above the inputs (host RSS on CPU, allocated on CUDA; blocks = residual "
               "blocks included, -1 = all):")
         print(format_table(rows, ["model", "T", "blocks", "method", "svd", "device", "seconds", "peak_mib",
-                                  "rel_err_vs_exact", "status"]))
+                                  "rel_err_vs_exact", "load", "status"]))
     if baselines:
         print("\nexact TSV-M against a loop of full SVDs per matrix, CPU (blocks = residual blocks included, -1 = all):")
-        print(format_table(baselines, ["model", "T", "blocks", "loop_s", "library_s", "speedup", "rel_err"]))
+        print(format_table(baselines, ["model", "T", "blocks", "loop_s", "library_s", "speedup", "rel_err", "load"]))
     if stream:
-        print("\nstreaming merge_files in a child process (MiB; ratio = peak RSS / one checkpoint):")
+        print("\nstreaming merge_files in a child process (MiB; ratio_max_rss = the child's peak RSS, import torch "
+              "included, / one checkpoint; torch_import_mib = peak RSS of a process that only imports torch; "
+              "ratio_above_torch = (peak - that) / one checkpoint):")
         print(format_table([stream], [k for k in stream if k != "status"] + ["status"]))
     if peer:
         print("\npeer: whole-process TSV-M, pactmerge merge vs fusion_bench compute_and_sum_svd_mem_reduction, same "
               "files, CPU (ratio = fusion_bench_s / pactmerge_s):")
-        print(format_table([peer], ["model", "T", "blocks", "pactmerge_s", "fusion_bench_s", "ratio",
-                                    "pactmerge_merge_s", "fusion_bench_merge_s", "merge_ratio", "rel_err", "status"]))
+        print(format_table([peer], ["model", "T", "blocks", "pactmerge_s", "fusion_bench_s", "ratio", "pactmerge_cpu_s",
+                                    "fusion_bench_cpu_s", "cpu_ratio", "pactmerge_merge_s", "fusion_bench_merge_s",
+                                    "merge_ratio", "rel_err", "load", "status"]))
         if peer.get("note"):
             print(f"  note: {peer['note']}")
     emit_json(dict(benchmark="merge_speed", preset=args.preset, total_s=time.perf_counter() - started,

@@ -82,6 +82,9 @@ def test_tiny_run_prints_every_table_and_a_json_last_line(tmp_path, capsys):
     assert all(r["seconds"] > 0 for r in summary["results"].values())
     assert summary["baseline"][0]["rel_err"] < 1e-4  # the library's exact TSV-M equals the loop of full SVDs
     assert summary["streaming"]["status"] == "ok" and summary["streaming"]["T"] == 2
+    stream = summary["streaming"]
+    assert 0 < stream["torch_import_mib"] < stream["max_rss_mib"]  # torch's own baseline, reported apart
+    assert stream["ratio_above_torch"] < stream["ratio_max_rss"]
     # the peer column is skipped, with a note saying how to get it
     assert summary["peer"]["status"] == "skipped"
     assert "fusion_bench" in summary["peer"]["note"] and "--peer-python" in summary["peer"]["note"]
@@ -147,3 +150,18 @@ def test_peer_script_exits_3_when_fusion_bench_is_missing(tmp_path):
     if proc.returncode == 0 or "fusion_bench cannot be imported" not in proc.stderr:
         pytest.skip("fusion_bench is installed in this interpreter")
     assert proc.returncode == 3
+
+
+def test_synthetic_fine_tunes_have_the_study_spectrum_shape():
+    """Task vectors decay like the offline study's (s_i / s_1 ~ i^-0.55 at the top), down to a noise floor."""
+    import torch
+
+    pre = {"w": torch.zeros(512, 256), "b": torch.zeros(256)}
+    tau = merge_speed.synth_finetuned(pre, 0, 0, 0, torch.float32)["w"].double()
+    s = torch.linalg.svdvals(tau)
+    i = torch.arange(1, 17, dtype=torch.float64)
+    x, y = i.log(), (s[:16] / s[0]).log()
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    assert -0.7 < slope < -0.4, slope
+    assert float(s[-1] / s[0]) > 1e-3  # full rank: noise below the low-rank part, not an exact zero tail
+    assert float(s[64] / s[0]) < 0.15  # decayed well below the top by a quarter of min(m, n)
