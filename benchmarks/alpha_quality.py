@@ -50,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'merge':<28} {'range':>11} {'chosen':>7} {'val %':>7} {'fine best':>9} {'val %':>7} "
           f"{'gap':>6} {'evals':>5} {'fine':>5}  ok")
-    for planned in plan_merges(m):
-        name = f"merged/{planned.id}"
-        if not ctx.store.has(name) or (args.merges and planned.id not in args.merges):
+    planned_by_id = {p.id: p for p in plan_merges(m)}
+    for mid in (args.merges or list(planned_by_id)):  # in the order given
+        planned, name = planned_by_id.get(mid), f"merged/{mid}"
+        if planned is None or not ctx.store.has(name):
+            print(f"{mid:<28} not a stored merge of this run", flush=True)
             continue
         search = ctx.store.entry(name).get("alpha_search") or {}
         if search.get("mode", "fixed") == "fixed" or "range" not in search:

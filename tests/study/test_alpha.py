@@ -104,7 +104,8 @@ def test_a_first_pass_searches_and_the_full_score_confirms_by_a_hill_climb():
     full, full_calls = _counted(lambda a: -abs(a - 0.8))  # the truth: 0.8
     res = search_alpha(full, GRID, "coarse_to_fine", bounds=(0.0, 4.0), first_pass=subset)
     assert res.chosen == 0.8 and res.score == pytest.approx(0.0, abs=1e-12)
-    assert sorted(res.confirmed) == sorted(full_calls) == [0.75, 0.8, 0.85, 0.9, 0.95]  # climbed 0.9 -> 0.8
+    # the subset's best three (0.85, 0.9, 0.95) re-scored, then climbed 0.85 -> 0.8
+    assert sorted(res.confirmed) == sorted(full_calls) == [0.75, 0.8, 0.85, 0.9, 0.95]
     assert res.chosen in res.curve and res.evaluations == len(sub_calls) == len(res.curve)
     assert not res.widened and not res.at_limit
     rec = res.record()
@@ -116,3 +117,15 @@ def test_a_confirming_climb_that_reaches_the_edge_widens_by_its_steps():
     res = search_alpha(lambda a: -abs(a - 2.1), GRID, "coarse_to_fine", bounds=(0.0, 4.0),
                        first_pass=lambda a: -abs(a - 1.9))
     assert res.chosen == 2.1 and res.range == (0.0, 2.15) and res.widened and not res.at_limit
+
+
+def test_the_confirmation_re_scores_the_first_passs_runners_up_on_a_noisy_plateau():
+    # the first pass puts 2.45 first; the full score prefers 2.8, its third point (a plateau)
+    sub = {2.45: 0.668, 2.5: 0.6641, 2.8: 0.6641}
+    full = {2.8: 0.6646, 2.5: 0.6603, 2.45: 0.6598}
+    first = lambda a: sub.get(a, 0.6 - abs(a - 2.6) / 10)  # noqa: E731
+    score = lambda a: full.get(a, 0.6 - abs(a - 2.6) / 10)  # noqa: E731
+    res = search_alpha(score, [round(0.1 * i, 1) for i in range(1, 11)], "coarse_to_fine", bounds=(0.0, 2.8),
+                       first_pass=first)
+    assert {2.45, 2.5, 2.8} <= set(res.confirmed)
+    assert res.chosen == 2.8 and res.score == 0.6646 and res.at_limit

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 FINE_STEP = 0.05  # the finest α resolution of the default search
 COARSE_POINTS = 4  # coarse intervals over the initial range
 MODES = ("coarse_to_fine", "grid", "fixed")
+CONFIRM_TOP = 3  # best points of a first pass re-scored before the confirming climb
 
 
 @dataclass
@@ -112,9 +113,10 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
     ``coarse_to_fine`` mode). A single-point grid is searched as ``fixed``.
 
     ``first_pass``: a cheaper, noisier estimate of ``score`` (a subset of the validation data).
-    Steps 1-3 then run on it, and ``score`` confirms: a hill climb on the lattice from the first
-    pass's best point, one step at a time, until neither neighbour scores higher (``confirmed``;
-    the chosen α and its score come from it). ``first_pass`` is also asked for every confirmed
+    Steps 1-3 then run on it, and ``score`` confirms: the first pass's ``CONFIRM_TOP`` best points
+    are re-scored (a plateau's noise can put the true best second or third), then a hill climb on
+    the lattice from the best of them, one step at a time, until neither neighbour scores higher
+    (``confirmed``; the chosen α and its score come from it). ``first_pass`` is also asked for every confirmed
     point, so the curve holds them all (a caller scoring both from one evaluation pays nothing).
     """
     if mode not in MODES:
@@ -162,7 +164,10 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
             break
     confirmed: dict[int, float] = {}
     if confirm_fn is not None:
-        b = lat.best(lo, hi)
+        top = sorted((u for u in lat.curve if lo <= u <= hi), key=lambda u: (-lat.curve[u], u))[:CONFIRM_TOP]
+        for u in sorted(top):
+            confirmed[u] = float(confirm_fn(lat.alpha(u)))
+        b = max(sorted(confirmed), key=lambda u: (confirmed[u], -u))
         while True:
             for u in (b - 1, b, b + 1):
                 if lo_bound <= u <= hi_bound and u not in confirmed:
