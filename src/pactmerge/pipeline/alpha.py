@@ -33,6 +33,7 @@ FINE_STEP = 0.05  # the finest α resolution of the default search
 COARSE_POINTS = 4  # coarse intervals over the initial range
 MODES = ("coarse_to_fine", "grid", "fixed")
 CONFIRM_TOP = 3  # best points of a first pass re-scored before the confirming climb
+CLIMB_STEPS = (-4, -2, -1, 0, 1, 2, 4)  # lattice steps the confirming climb looks at around its point
 
 
 @dataclass
@@ -114,8 +115,8 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
 
     ``first_pass``: a cheaper, noisier estimate of ``score`` (a subset of the validation data).
     Steps 1-3 then run on it, and ``score`` confirms: the first pass's ``CONFIRM_TOP`` best points
-    are re-scored (a plateau's noise can put the true best second or third), then a hill climb on
-    the lattice from the best of them, one step at a time, until neither neighbour scores higher
+    are re-scored (a plateau's noise can put the true best second or third), then a pattern climb
+    on the lattice from the best of them (1, 2 and 4 steps either side), until no such point scores higher
     (``confirmed``; the chosen α and its score come from it). ``first_pass`` is also asked for every confirmed
     point, so the curve holds them all (a caller scoring both from one evaluation pays nothing).
     """
@@ -169,11 +170,12 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
             confirmed[u] = float(confirm_fn(lat.alpha(u)))
         b = max(sorted(confirmed), key=lambda u: (confirmed[u], -u))
         while True:
-            for u in (b - 1, b, b + 1):
-                if lo_bound <= u <= hi_bound and u not in confirmed:
+            near = [b + d for d in CLIMB_STEPS if lo_bound <= b + d <= hi_bound]
+            for u in near:
+                if u not in confirmed:
                     confirmed[u] = float(confirm_fn(lat.alpha(u)))
                     lat.visit([u])
-            nxt = max(sorted(u for u in confirmed if abs(u - b) <= 1), key=lambda u: (confirmed[u], -u))
+            nxt = max(sorted(near), key=lambda u: (confirmed[u], -u))
             if nxt == b:
                 break
             b = nxt
