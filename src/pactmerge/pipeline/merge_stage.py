@@ -15,9 +15,9 @@ and the ``MergeCallback``. In order:
    by ``merge.alpha_search`` and widened up to the method's ``alpha_bounds`` on the mean
    validation accuracy over the tasks of a fixed seeded subset of each validation split
    (``ALPHA_SUBSET`` examples per task, drawn with ``numpy.random.default_rng(cfg.seed)``; the
-   whole split when it is no larger), then confirmed on the whole validation splits by a hill
-   climb on the 0.05 lattice from the subset's best α (``ValidationScores``; the chosen α is a
-   local maximum of the full validation score). Every evaluation goes through the study's one
+   whole split when it is no larger), then confirmed on the whole validation splits: the
+   subset's three best α re-scored, then a pattern climb on the 0.05 lattice (``pipeline.alpha``;
+   ``ValidationScores`` reuses the subset's counts). Every evaluation goes through the study's one
    evaluation path (``ctx.evaluator()``), which keeps each split's finished inputs after their
    first pass. ``fixed`` and single-point grids evaluate one α on the whole splits.
 5. **Store**: the merged encoder as ``merged/<id>``, its entry recording the resolved method
