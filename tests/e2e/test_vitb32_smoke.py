@@ -94,7 +94,11 @@ def test_study_has_every_row_on_the_real_architecture(smoke, vitb32):
         assert any(not torch.equal(ft[k], pre[k]) for k in pre), t  # it trained
     for m in merges:
         entry = store.entry(f"merged/{m}")
-        assert float(entry["alpha"]) in grid, (m, entry["alpha"])
+        search, alpha = entry["alpha_search"], float(entry["alpha"])
+        assert set(grid) <= {float(a) for a in search["curve"]}, m  # the configured grid was searched
+        lo, hi = search["range"]
+        assert lo <= alpha <= hi and alpha == float(search["chosen"]), (m, alpha, search["range"])
+        assert lo < alpha < hi or search["at_limit"], (m, alpha, search)  # an edge only at the hard bound
         state = store.load_state(f"merged/{m}")
         assert set(state) == set(pre) and all(torch.isfinite(v).all() for v in state.values()), m
 

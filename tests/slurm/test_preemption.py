@@ -75,7 +75,7 @@ def test_signalled_fine_tune_requeues_and_resumes_bitwise(slurm_cluster, tmp_pat
     assert slurm_cluster.wait([job])[job] == "COMPLETED", slurm_cluster.logs()
     assert int(slurm_cluster.job(job)["Restarts"]) == 1
 
-    log = next((run / "slurm" / "logs").glob("pactmerge-finetune-*_0.out")).read_text()
+    log = next((run / "slurm" / "logs").glob("pactmerge-finetune-*_0.out")).read_text(errors="replace")
     assert "checkpoint and requeue at the end of this training step" in log, log[-3000:]
     assert re.search(r"resuming from \S+(hpc_ckpt_\d+|last)\.ckpt", log), log[-3000:]
     assert not list(fit.glob("hpc_ckpt_*.ckpt"))  # removed once the fit finished
@@ -110,7 +110,7 @@ def test_joint_fine_tune_on_two_nodes_resumes_after_requeue(slurm_cluster, tmp_p
     assert slurm_cluster.wait([job])[job] == "COMPLETED", slurm_cluster.logs()
     assert first_nodes == "n[1-2]"
 
-    log = next((run / "slurm" / "logs").glob(f"pactmerge-joint-{job}.out")).read_text()
+    log = next((run / "slurm" / "logs").glob(f"pactmerge-joint-{job}.out")).read_text(errors="replace")
     assert "resuming from" in log, log[-3000:]
     ranks = re.findall(r"DDP rank (\d) of 2 \(node (\d)\): (\d+) training batches per epoch", log)
     assert {(r, n) for r, n, _ in ranks} == {("0", "0"), ("1", "1")}, log[-3000:]
