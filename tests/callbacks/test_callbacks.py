@@ -13,7 +13,6 @@ from pactmerge.callbacks import MergeCallback, StoreEncoderCallback
 from pactmerge.checkpoints import CheckpointStore
 from pactmerge.errors import ConfigError
 from pactmerge.fileio import save_safetensors_atomic
-from pactmerge.merging import merge
 
 
 class _Encoder(BoringModel):

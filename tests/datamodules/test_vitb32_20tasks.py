@@ -4,7 +4,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import pytest
 import pytorch_lightning as pl
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "vitb32_20tasks.yaml"

@@ -42,9 +42,6 @@ from pactmerge.merging import MergeResult, merge
 
 log = logging.getLogger(__name__)
 
-StateSource = "str | os.PathLike | Mapping[str, Tensor]"
-
-
 def _target(pl_module: nn.Module, attr: str | None) -> nn.Module:
     if not attr:
         return pl_module
@@ -95,7 +92,7 @@ class MergeCallback(pl.Callback):
             self._pretrained = _cpu_state(_target(pl_module, self.attr))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pretrained": self._pretrained, "method": self.method}
+        return {"pretrained": self._pretrained}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("pretrained") is not None:

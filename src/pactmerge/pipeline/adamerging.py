@@ -130,10 +130,10 @@ def unlabeled_loaders(datamodules: Mapping[str, Any], batch_size: int, seed: int
     """Per task, a shuffled loader of the test split's images (labels dropped at use)."""
     out = {}
     for i, (task, dm) in enumerate(datamodules.items()):
-        ds = dm.test_dataloader().dataset
+        test = dm.test_dataloader()
         g = torch.Generator().manual_seed(seed * 1000 + i)
-        out[task] = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g,
-                                                collate_fn=dm.test_dataloader().collate_fn, num_workers=0)
+        out[task] = torch.utils.data.DataLoader(test.dataset, batch_size=batch_size, shuffle=True, generator=g,
+                                                collate_fn=test.collate_fn, num_workers=0)
     return out
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from pactmerge.fileio import write_json_atomic
 from pactmerge.pipeline import merge_plan, merge_stage, stages
