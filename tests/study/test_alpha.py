@@ -104,7 +104,7 @@ def test_a_first_pass_searches_and_the_full_score_confirms_by_a_hill_climb():
     full, full_calls = _counted(lambda a: -abs(a - 0.8))  # the truth: 0.8
     res = search_alpha(full, GRID, "coarse_to_fine", bounds=(0.0, 4.0), first_pass=subset)
     assert res.chosen == 0.8 and res.score == pytest.approx(0.0, abs=1e-12)
-    # the subset's best three (0.85, 0.9, 0.95) re-scored, then a pattern climb (±1, ±2, ±4 steps) to 0.8
+    # the subset's plateau re-scored, then a climb (±1, ±2 steps) to 0.8
     assert sorted(res.confirmed) == sorted(full_calls) == sorted(set(full_calls))
     assert {0.75, 0.8, 0.85, 0.9, 0.95} <= set(res.confirmed) and len(full_calls) <= 10
     assert res.chosen in res.curve and res.evaluations == len(sub_calls) == len(res.curve)
@@ -121,13 +121,15 @@ def test_a_confirming_climb_that_reaches_the_edge_widens_by_its_steps():
     assert res.range[1] == max(res.confirmed) <= 2.35  # the climb's own points (4 steps beyond 2.15 at most)
 
 
-def test_the_confirmation_re_scores_the_first_passs_runners_up_on_a_noisy_plateau():
-    # the first pass puts 2.45 first; the full score prefers 2.8, its third point (a plateau)
+def test_the_confirmation_spans_the_first_passs_plateau():
+    # the first pass puts 2.45 first; the full score prefers 2.8, the other end of the first
+    # pass's plateau (its points within PLATEAU of its best)
     sub = {2.45: 0.668, 2.5: 0.6641, 2.8: 0.6641}
     full = {2.8: 0.6646, 2.5: 0.6603, 2.45: 0.6598}
     first = lambda a: sub.get(a, 0.6 - abs(a - 2.6) / 10)  # noqa: E731
     score = lambda a: full.get(a, 0.6 - abs(a - 2.6) / 10)  # noqa: E731
     res = search_alpha(score, [round(0.1 * i, 1) for i in range(1, 11)], "coarse_to_fine", bounds=(0.0, 2.8),
                        first_pass=first)
-    assert {2.45, 2.5, 2.8} <= set(res.confirmed)
+    # the plateau [2.45, 2.8] re-scored at about CONFIRM_SPACING intervals, both ends included
+    assert {2.45, 2.55, 2.65, 2.75, 2.8} <= set(res.confirmed)
     assert res.chosen == 2.8 and res.score == 0.6646 and res.at_limit

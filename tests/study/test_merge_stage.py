@@ -74,7 +74,13 @@ def test_merges_are_searched_on_validation_and_evaluated_by_the_evaluate_stage(t
     direct = evaluate_encoder(loaded.encoder, state, ctx.heads(), ctx.datamodules(), split="val",
                               logit_scale=loaded.logit_scale, device="cpu", precision=ctx.evaluator().precision)
     assert ctx.accuracies(state, split="val") == direct == ctx.accuracies(state, split="val")
-    assert Evaluator(ctx, cache_bytes=0).accuracies(state, split="val") == direct
+    streamed = Evaluator(ctx, cache_bytes=0)  # nothing kept: streamed from the data modules
+    assert streamed.accuracies(state, split="val") == direct
+    for t in ctx.task_keys:  # pooled and streamed inputs hold the same examples
+        for subset, complement in ((None, False), (20, False), (20, True)):
+            assert streamed.count(t, "val", subset, complement) == ctx.evaluator().count(t, "val", subset, complement)
+        assert ctx.evaluator().count(t, "val", 20) + ctx.evaluator().count(t, "val", 20, True) == \
+            ctx.evaluator().count(t, "val")
 
     from pactmerge.pipeline import merge_stage
 

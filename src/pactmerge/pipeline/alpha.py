@@ -32,8 +32,9 @@ from typing import Any, Callable, Sequence
 FINE_STEP = 0.05  # the finest α resolution of the default search
 COARSE_POINTS = 4  # coarse intervals over the initial range
 MODES = ("coarse_to_fine", "grid", "fixed")
-CONFIRM_TOP = 3  # best points of a first pass re-scored before the confirming climb
-CLIMB_STEPS = (-4, -2, -1, 0, 1, 2, 4)  # lattice steps the confirming climb looks at around its point
+PLATEAU = 0.015  # first-pass scores within this of the first pass's best span the region that is confirmed
+CONFIRM_SPACING = 4  # that region is confirmed at about this many evenly spaced intervals before the climb
+CLIMB_STEPS = (-2, -1, 0, 1, 2)  # lattice steps the confirming climb looks at around its point
 
 
 @dataclass
@@ -114,9 +115,12 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
     ``coarse_to_fine`` mode). A single-point grid is searched as ``fixed``.
 
     ``first_pass``: a cheaper, noisier estimate of ``score`` (a subset of the validation data).
-    Steps 1-3 then run on it, and ``score`` confirms: the first pass's ``CONFIRM_TOP`` best points
-    are re-scored (a plateau's noise can put the true best second or third), then a pattern climb
-    on the lattice from the best of them (1, 2 and 4 steps either side), until no such point scores higher
+    Steps 1-3 then run on it, and ``score`` confirms. A subset's curve is flat and noisy near
+    its top and its best point can sit anywhere on that plateau, so the confirmation spans it:
+    the first-pass points within ``PLATEAU`` of the first pass's best give a region, which is
+    re-scored at about ``CONFIRM_SPACING`` evenly spaced intervals (ends and the first pass's
+    best included); then a climb on the lattice from the best of them (1 and 2 steps either
+    side, past the searched range up to the hard bounds) until no such point scores higher
     (``confirmed``; the chosen α and its score come from it). ``first_pass`` is also asked for every confirmed
     point, so the curve holds them all (a caller scoring both from one evaluation pays nothing).
     """
@@ -165,9 +169,14 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
             break
     confirmed: dict[int, float] = {}
     if confirm_fn is not None:
-        top = sorted((u for u in lat.curve if lo <= u <= hi), key=lambda u: (-lat.curve[u], u))[:CONFIRM_TOP]
-        for u in sorted(top):
+        inside = {u: v for u, v in lat.curve.items() if lo <= u <= hi}
+        top = max(inside.values())
+        plateau = sorted(u for u, v in inside.items() if v >= top - PLATEAU)
+        first, last = plateau[0], plateau[-1]
+        every = max(1, -(-(last - first) // CONFIRM_SPACING))
+        for u in sorted(set(range(first, last + 1, every)) | {last, lat.best(lo, hi)}):
             confirmed[u] = float(confirm_fn(lat.alpha(u)))
+            lat.visit([u])
         b = max(sorted(confirmed), key=lambda u: (confirmed[u], -u))
         while True:
             near = [b + d for d in CLIMB_STEPS if lo_bound <= b + d <= hi_bound]

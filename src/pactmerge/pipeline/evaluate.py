@@ -7,9 +7,10 @@ averaged over tasks).
 One path: ``predict_encoder`` classifies every example of a split (or of a seeded subset);
 ``evaluate_encoder`` reduces its predictions to accuracies. Inside a study, ``Evaluator`` (one
 per ``RunContext``, ``ctx.evaluator()``) serves both the α search (validation split) and the
-evaluate stage (test split): it keeps each task split's finished input batches (decoded,
-resized, normalised) after their first pass, so every later evaluation of that split only runs
-the encoder. The evaluate stage writes each model's test predictions to
+evaluate stage (test split): it keeps every task's finished inputs of a split (decoded, resized,
+normalised) in one tensor after their first pass, so every later evaluation of that split only
+runs the encoder, in full batches across tasks, with its BatchNorms folded into the convolutions
+(``pipeline.fold``). The evaluate stage writes each model's test predictions to
 ``RUN_DIR/predictions/<entry with '/' -> '__'>.npz`` (``pred__<task>``, ``label__<task>``: int16 in
 split order), read back by ``load_predictions``.
 
@@ -23,6 +24,7 @@ docs/reproducibility.md says what bf16 does to the digits.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -80,17 +82,6 @@ def finished_batches(dm: Any, split: str, device: torch.device) -> Iterable[tupl
         yield images, batch["labels"]
 
 
-class CachedSplit:
-    """A task split's finished batches kept in memory: usable wherever a data module is (``batches``)."""
-
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.batches = batches
-        self.nbytes = sum(x.nbytes + y.nbytes for x, y in batches)
-
-    def __len__(self) -> int:
-        return sum(len(y) for _, y in self.batches)
-
-
 @torch.no_grad()
 def predict_encoder(
     encoder: nn.Module,
@@ -109,7 +100,7 @@ def predict_encoder(
 
     ``heads[task]`` is the frozen (C, D) classifier; ``datamodules[task]`` a set-up ``TaskDataModule``
     (``val_dataloader`` / ``test_dataloader`` yielding ``{"images", "labels", "task"}`` batches that
-    its ``gpu_transform`` finishes on the device), a ``SplitSubset``, or a ``CachedSplit``.
+    its ``gpu_transform`` finishes on the device) or a ``SplitSubset``.
     """
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
@@ -126,7 +117,7 @@ def predict_encoder(
     try:
         for task, dm in datamodules.items():
             head = heads[task].to(dev, torch.float32)
-            batches = dm.batches if isinstance(dm, CachedSplit) else finished_batches(dm, split, dev)
+            batches = finished_batches(dm, split, dev)
             if progress:
                 from tqdm.auto import tqdm
 
@@ -170,42 +161,146 @@ def summarize(accs: Mapping[str, float], reference: Mapping[str, float] | None =
     return out
 
 
+class PooledSplit:
+    """The finished images of every task's split (or subset, or complement), task after task in one
+    tensor (``images``), with each task's labels and its span ``[start, stop)`` of rows."""
+
+    def __init__(self, parts: Mapping[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        images, self.labels, self.spans, start = [], {}, {}, 0
+        for task, batches in parts.items():
+            n = sum(len(y) for _, y in batches)
+            self.spans[task] = (start, start + n)
+            self.labels[task] = torch.cat([y for _, y in batches]) if batches else torch.zeros(0, dtype=torch.long)
+            images += [x for x, _ in batches]
+            start += n
+        self.images = torch.cat(images) if images else torch.zeros(0)
+        self.nbytes = self.images.nbytes + sum(y.nbytes for y in self.labels.values())
+
+    def size(self, task: str) -> int:
+        start, stop = self.spans[task]
+        return stop - start
+
+
 class Evaluator:
     """The evaluation path of a study (see the module docstring): ``predictions`` / ``accuracies`` of an
     encoder state on tasks of the run, on a split or on a seeded subset of it (``subset`` examples
-    per task, as ``SplitSubset`` draws them with the run's seed)."""
+    per task, as ``SplitSubset`` draws them with the run's seed).
+
+    Each (split, subset) of every task is read once and kept as a ``PooledSplit`` while the kept
+    inputs fit ``cache_bytes``; an evaluation then runs the encoder over that one tensor in batches of
+    the data config's ``eval_batch_size`` that cross task boundaries (a task with a small split
+    does not get a small, slow batch of its own), and applies each task's head to its rows. The
+    encoder is a ``FoldedEncoder`` (BatchNorms folded into the convolutions, checked once on a probe
+    batch), channels-last on the CPU. Inputs over the budget are streamed from the data modules
+    through ``predict_encoder`` instead.
+    """
 
     def __init__(self, ctx: Any, *, cache_bytes: int = INPUT_CACHE_BYTES) -> None:
         self.ctx = ctx
         self.device = resolve_device(ctx.cfg.merge.device)
         self.precision = resolve_precision(getattr(ctx.cfg.merge, "eval_precision", "auto"), self.device)
         self.cache_bytes = cache_bytes
-        self._inputs: dict[tuple[str, str, int | None], Any] = {}
+        self._pooled: dict[tuple[str, int | None, bool], PooledSplit | None] = {}
+        self._encoder: Any = None
 
-    def inputs(self, task: str, split: str, subset: int | None = None, complement: bool = False) -> Any:
-        """The examples of ``task``'s ``split`` (or subset, or the subset's complement): a ``CachedSplit``
-        once they fit the cache."""
-        key = (task, split, subset, complement)
-        if key not in self._inputs:
-            dm = self.ctx.datamodule(task)
-            source = dm if subset is None else SplitSubset(dm, split, subset, self.ctx.cfg.seed, complement=complement)
-            used = sum(c.nbytes for c in self._inputs.values() if isinstance(c, CachedSplit))
-            cached = CachedSplit(list(finished_batches(source, split, self.device)))
-            self._inputs[key] = cached if used + cached.nbytes <= self.cache_bytes else source
-        return self._inputs[key]
+    def _source(self, task: str, split: str, subset: int | None, complement: bool) -> Any:
+        dm = self.ctx.datamodule(task)
+        return dm if subset is None else SplitSubset(dm, split, subset, self.ctx.cfg.seed, complement=complement)
+
+    def pooled(self, split: str, subset: int | None = None, complement: bool = False) -> PooledSplit | None:
+        """Every task's examples of ``split`` (or subset, or the subset's complement) as one
+        ``PooledSplit``; None when they do not fit the cache (they are streamed instead)."""
+        key = (split, subset, complement)
+        if key not in self._pooled:
+            used = sum(p.nbytes for p in self._pooled.values() if p is not None)
+            parts, nbytes = {}, 0
+            for task in self.ctx.task_keys:
+                parts[task] = list(finished_batches(self._source(task, split, subset, complement), split, self.device))
+                nbytes += sum(x.nbytes + y.nbytes for x, y in parts[task])
+                if used + 2 * nbytes > self.cache_bytes:  # the pooled copy is made while the parts exist
+                    parts = None
+                    break
+            self._pooled[key] = PooledSplit(parts) if parts is not None else None
+        return self._pooled[key]
+
+    def count(self, task: str, split: str, subset: int | None = None, complement: bool = False) -> int:
+        """How many examples of ``task``'s ``split`` (subset, complement) an evaluation sees."""
+        pooled = self.pooled(split, subset, complement)
+        if pooled is not None:
+            return pooled.size(task)
+        if subset is not None:
+            return len(self._source(task, split, subset, complement))
+        dm = self.ctx.datamodule(task)
+        if split not in dm.datasets:
+            dm.setup()
+        return len(dm.datasets[split])
+
+    def encoder(self) -> Any:
+        """The ``FoldedEncoder`` of the run's encoder, on the evaluation device (built on first use)."""
+        if self._encoder is None:
+            from pactmerge.pipeline.fold import FoldedEncoder
+
+            loaded = self.ctx.loaded
+            gen = torch.Generator().manual_seed(0)
+            probe = torch.randn(2, 3, loaded.image_size, loaded.image_size, generator=gen)
+            folded = FoldedEncoder(loaded.encoder, probe)
+            if not folded.folded:  # a private copy: the run's encoder is left as it is
+                folded.module = copy.deepcopy(loaded.encoder)
+            folded.module.to(self.device).eval()
+            if self.device.type == "cpu":
+                folded.module.to(memory_format=torch.channels_last)
+            self._encoder = folded
+        return self._encoder
+
+    @torch.no_grad()
+    def _run_pooled(self, state: Mapping[str, torch.Tensor] | None, pooled: PooledSplit, keys: list[str]
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        enc = self.encoder()
+        enc.load(self.ctx.loaded.encoder.state_dict() if state is None else state)
+        heads, scale = self.ctx.heads(), self.ctx.loaded.logit_scale
+        batch = max(1, int(self.ctx.cfg.data.eval_batch_size))
+        # runs of consecutive tasks: one pass over their rows, batches crossing task boundaries
+        runs: list[list[str]] = []
+        for t in keys:
+            if runs and pooled.spans[runs[-1][-1]][1] == pooled.spans[t][0]:
+                runs[-1].append(t)
+            else:
+                runs.append([t])
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for run in runs:
+            start, stop = pooled.spans[run[0]][0], pooled.spans[run[-1]][1]
+            feats = []
+            for i in range(start, stop, batch):
+                with _autocast(self.device, self.precision):
+                    feats.append(enc.module(pooled.images[i:min(i + batch, stop)]).float())
+            feats = torch.cat(feats) if feats else torch.zeros(0)
+            for t in run:
+                a, b = pooled.spans[t]
+                head = heads[t].to(self.device, torch.float32)
+                pred = head_logits(feats[a - start:b - start], head, scale).argmax(-1).cpu()
+                out[t] = (pred.numpy(), pooled.labels[t].cpu().numpy())
+        return out
 
     def predictions(self, state: Mapping[str, torch.Tensor] | None, tasks: Iterable[str] | None = None,
                     split: str = "test", subset: int | None = None, *, complement: bool = False
                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Task -> (pred, label) of ``predict_encoder``; tasks whose subset complement is empty are left out."""
-        loaded = self.ctx.loaded
+        """Task -> (pred, label) per example, in split order; tasks whose subset complement is empty
+        are left out."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
         keys = self.ctx.task_keys if tasks is None else list(tasks)
-        heads = self.ctx.heads()
-        data = {t: self.inputs(t, split, subset, complement) for t in keys}
+        pooled = self.pooled(split, subset, complement)
+        if pooled is not None:
+            keys = [t for t in keys if pooled.size(t)]
+            return self._run_pooled(state, pooled, keys) if keys else {}
+        loaded, heads = self.ctx.loaded, self.ctx.heads()
+        data = {t: self._source(t, split, subset, complement) for t in keys}
         data = {t: d for t, d in data.items() if not hasattr(d, "__len__") or len(d)}
         if not data:
             return {}
-        return predict_encoder(loaded.encoder, state, {t: heads[t] for t in data}, data, split=split,
+        enc = self.encoder()
+        enc.load(loaded.encoder.state_dict() if state is None else state)
+        return predict_encoder(enc.module, None, {t: heads[t] for t in data}, data, split=split,
                                logit_scale=loaded.logit_scale, device=str(self.device), precision=self.precision)
 
     def accuracies(self, state: Mapping[str, torch.Tensor] | None, tasks: Iterable[str] | None = None,

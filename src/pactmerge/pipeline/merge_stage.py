@@ -16,7 +16,7 @@ and the ``MergeCallback``. In order:
    validation accuracy over the tasks of a fixed seeded subset of each validation split
    (``ALPHA_SUBSET`` examples per task, drawn with ``numpy.random.default_rng(cfg.seed)``; the
    whole split when it is no larger), then confirmed on the whole validation splits: the
-   subset's three best α re-scored, then a pattern climb on the 0.05 lattice (``pipeline.alpha``;
+   plateau of the subset's curve re-scored at a few spaced points, then a climb on the 0.05 lattice (``pipeline.alpha``;
    ``ValidationScores`` reuses the subset's counts). Every evaluation goes through the study's one
    evaluation path (``ctx.evaluator()``), which keeps each split's finished inputs after their
    first pass. ``fixed`` and single-point grids evaluate one α on the whole splits.
@@ -60,8 +60,7 @@ class ValidationScores:
     def __init__(self, evaluator: Any, state_at: Any, size: int) -> None:
         self.evaluator, self.state_at, self.size = evaluator, state_at, size
         tasks = evaluator.ctx.task_keys
-        self.sizes = {t: (len(evaluator.inputs(t, "val", size)), len(evaluator.inputs(t, "val", size, True)))
-                      for t in tasks}
+        self.sizes = {t: (evaluator.count(t, "val", size), evaluator.count(t, "val", size, True)) for t in tasks}
         self.has_rest = any(rest for _, rest in self.sizes.values())
         self._sub: dict[float, dict[str, int]] = {}  # α -> correct predictions per task on the subset
 

@@ -1,0 +1,92 @@
+"""Evaluation-time BatchNorm folding (pipeline.fold): same outputs, one convolution per pair, refusals."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pactmerge.pipeline.fold import FoldedEncoder, conv_bn_pairs, fold_state
+
+
+class _BNAct(nn.BatchNorm2d):
+    """A BatchNorm that applies its activation child, like timm's BatchNormAct2d."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c, eps=1e-3)
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = _BNAct(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=True)  # depthwise, with a bias
+        self.bn2 = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        return self.head(x.mean((2, 3)))
+
+
+class _Residual(_Net):
+    """conv2's output is used past its BatchNorm too: folding would change the result."""
+
+    def forward(self, x):
+        y = self.conv2(self.bn1(self.conv1(x)))
+        return self.head((self.bn2(y) + y).mean((2, 3)))
+
+
+def _randomised(net: nn.Module) -> nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen))
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.1)
+    return net.eval()
+
+
+def test_pairs_are_adjacent_conv_then_batchnorm_children():
+    assert [(c, b) for c, b, _ in conv_bn_pairs(_Net())] == [("conv1", "bn1"), ("conv2", "bn2")]
+    assert conv_bn_pairs(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))) == []
+
+
+def test_fold_state_by_hand():
+    # one channel: y = γ (w x - μ) / √(σ² + ε) + β  ->  w' = w γ/√(σ²+ε), b' = β - μ γ/√(σ²+ε)
+    state = {"c.weight": torch.tensor([[[[2.0]]]]), "b.weight": torch.tensor([3.0]), "b.bias": torch.tensor([1.0]),
+             "b.running_mean": torch.tensor([0.5]), "b.running_var": torch.tensor([4.0 - 0.25]),
+             "b.num_batches_tracked": torch.tensor(7)}
+    out = fold_state(state, [("c", "b", 0.25)])
+    assert set(out) == {"c.weight", "c.bias"}
+    assert out["c.weight"].item() == 2.0 * 3.0 / 2.0 and out["c.bias"].item() == 1.0 - 0.5 * 3.0 / 2.0
+
+
+def test_folded_encoder_gives_the_same_outputs_for_any_state():
+    net = _randomised(_Net())
+    probe = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    folded = FoldedEncoder(net, probe)
+    assert folded.folded and not any(isinstance(m, nn.BatchNorm2d) for m in folded.module.modules())
+    # another state of the same encoder (a merge at another α): loaded folded, same function
+    other = {k: (v * 1.3 if v.is_floating_point() and not k.endswith("running_var") else v)
+             for k, v in net.state_dict().items()}
+    folded.load(other)
+    net.load_state_dict(other)
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(folded.module(x), net(x), rtol=1e-5, atol=1e-5)
+    assert net.bn1.training is False  # the original is left in the mode it had
+
+
+def test_a_network_that_reuses_the_convolution_output_is_not_folded():
+    net = _randomised(_Residual())
+    folded = FoldedEncoder(net, torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)))
+    assert not folded.folded and folded.module is net
+    state = net.state_dict()
+    folded.load(state)  # unfolded: the plain state dict
