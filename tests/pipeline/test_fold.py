@@ -90,3 +90,20 @@ def test_a_network_that_reuses_the_convolution_output_is_not_folded():
     assert not folded.folded and folded.module is net
     state = net.state_dict()
     folded.load(state)  # unfolded: the plain state dict
+
+
+def test_same_pad_convolution_equals_timms_conv2d_same():
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from pactmerge.pipeline.fold import SamePadConv2d
+
+    gen = torch.Generator().manual_seed(3)
+    for k, stride, size, groups in ((3, 2, 16, 1), (5, 2, 15, 4), (3, 1, 9, 4), (3, 2, 7, 4)):
+        ref = Conv2dSame(4, 8, k, stride=stride, groups=groups, bias=True)
+        ours = SamePadConv2d(4, 8, k, stride=stride, padding=0, groups=groups, bias=True)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(3, 4, size, size, generator=gen)
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xf = x.contiguous(memory_format=fmt)
+            with torch.no_grad():
+                torch.testing.assert_close(ours(xf), ref(xf), rtol=0, atol=1e-6)

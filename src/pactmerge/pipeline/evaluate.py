@@ -270,8 +270,8 @@ class Evaluator:
         for run in runs:
             start, stop = pooled.spans[run[0]][0], pooled.spans[run[-1]][1]
             feats = []
-            for i in range(start, stop, batch):
-                with _autocast(self.device, self.precision):
+            with _autocast(self.device, self.precision):  # one context: the weights are cast once per pass
+                for i in range(start, stop, batch):
                     feats.append(enc.module(pooled.images[i:min(i + batch, stop)]).float())
             feats = torch.cat(feats) if feats else torch.zeros(0)
             for t in run:

@@ -4,7 +4,8 @@ In evaluation a BatchNorm that follows a convolution is an affine map per channe
 folded into that convolution: ``W' = W · γ/√(σ² + ε)`` and ``b' = β − μ · γ/√(σ² + ε)`` (plus the
 convolution's own bias, scaled). ``FoldedEncoder(encoder, probe)`` builds, once, a copy of
 ``encoder`` in which every such pair is one convolution with a bias and the BatchNorm is replaced
-by what it applied after normalising (timm's ``BatchNormAct2d`` keeps its activation and dropout);
+by what it applied after normalising (timm's ``BatchNormAct2d`` keeps its activation and dropout),
+and timm's ``Conv2dSame`` layers pad into a buffer (``SamePadConv2d``) instead of through ``F.pad``;
 ``load(state)`` folds a state dict of the original encoder into it. One convolution pass instead of
 a convolution, a normalisation and an activation: about 1.5x faster evaluation of the offline
 default's EfficientNet on the CPU.
@@ -24,9 +25,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,33 @@ def conv_bn_pairs(encoder: nn.Module) -> list[Pair]:
                 prefix = f"{parent_name}." if parent_name else ""
                 pairs.append((prefix + a_name, prefix + b_name, float(b.eps)))
     return pairs
+
+
+class SamePadConv2d(nn.Conv2d):
+    """A convolution with TensorFlow's "SAME" padding (timm's ``Conv2dSame``), padded into a buffer
+    of the input's layout. ``F.pad`` of a channels-last bf16 activation is about 4x slower than a
+    copy into a zeroed buffer, and EfficientNet pads before each of its strided convolutions."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        pads = []
+        for size, k, s, d in zip((h, w), self.kernel_size, self.stride, self.dilation):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        if top or bottom or left or right:
+            fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device,
+                              memory_format=fmt).zero_()  # one pass over the storage
+            out[:, :, top:top + h, left:left + w] = x
+            x = out
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _same_pad_convs(module: nn.Module) -> list[str]:
+    """Names of timm's ``Conv2dSame`` layers (dynamic TF "SAME" padding) in ``module``."""
+    return [name for name, m in module.named_modules()
+            if isinstance(m, nn.Conv2d) and type(m).__name__ == "Conv2dSame" and m.padding == (0, 0)]
 
 
 def _after_norm(bn: nn.Module) -> nn.Module:
@@ -92,6 +122,12 @@ class FoldedEncoder:
                                                          device=conv_mod.weight.device))
             parent, _, child = bn.rpartition(".")
             setattr(skeleton.get_submodule(parent) if parent else skeleton, child, _after_norm(bn_mod))
+        for name in _same_pad_convs(skeleton):
+            old = skeleton.get_submodule(name)
+            new = SamePadConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, 0, old.dilation,
+                                old.groups, old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+            parent, _, child = name.rpartition(".")
+            setattr(skeleton.get_submodule(parent) if parent else skeleton, child, new)
         state = {k: v.detach() for k, v in encoder.state_dict().items()}
         skeleton.load_state_dict(fold_state(state, self.pairs), strict=True)
         was_training = encoder.training
