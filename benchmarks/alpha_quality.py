@@ -36,16 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merges", nargs="*", default=None, help="merge ids to check (default: every searched merge)")
     args = p.parse_args(argv)
 
-    from pactmerge.merging import KeyPolicy, PACTCache, merge_files
+    from pactmerge.merging import PACTCache
     from pactmerge.pipeline.context import open_run_dir
     from pactmerge.pipeline.merge_plan import plan_merges
-    from pactmerge.pipeline.merge_stage import check_inputs, core_kwargs
+    from pactmerge.pipeline.merge_stage import check_inputs, merge_planned
 
     t_start = time.perf_counter()
     ctx = open_run_dir(args.run_dir)
     m = ctx.cfg.merge
     inputs = check_inputs(ctx)
-    key_policy = KeyPolicy(conv_as_matrix=m.conv_as_matrix, exclude=tuple(m.exclude))
     cache = PACTCache()
     rows = []
     print(f"{'merge':<28} {'range':>11} {'chosen':>7} {'val %':>7} {'fine best':>9} {'val %':>7} "
@@ -59,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         search = ctx.store.entry(name).get("alpha_search") or {}
         if search.get("mode", "fixed") == "fixed" or "range" not in search:
             continue
-        res = merge_files(inputs.pretrained_path, inputs.finetuned_paths, planned.method, key_policy=key_policy,
-                          device=m.device, **core_kwargs(planned, inputs, cache))
+        res = merge_planned(ctx, planned, inputs, cache)
 
         def score(alpha: float) -> float:
             accs = ctx.accuracies(res.apply(inputs.pretrained, alpha), split="val")

@@ -34,19 +34,16 @@ import numpy as np
 
 
 def build(run_dir: str, out: Path, step: float) -> None:
-    from pactmerge.merging import KeyPolicy, PACTCache, merge_files
+    from pactmerge.merging import PACTCache
     from pactmerge.pipeline.context import open_run_dir
     from pactmerge.pipeline.merge_plan import plan_merges
-    from pactmerge.pipeline.merge_stage import alpha_setup, check_inputs, core_kwargs
+    from pactmerge.pipeline.merge_stage import alpha_setup, check_inputs, merge_planned
 
     ctx = open_run_dir(run_dir)
-    m = ctx.cfg.merge
-    inputs = check_inputs(ctx)
-    key_policy, cache = KeyPolicy(conv_as_matrix=m.conv_as_matrix, exclude=tuple(m.exclude)), PACTCache()
+    inputs, cache = check_inputs(ctx), PACTCache()
     out.mkdir(parents=True, exist_ok=True)
-    for planned in plan_merges(m):
-        res = merge_files(inputs.pretrained_path, inputs.finetuned_paths, planned.method, key_policy=key_policy,
-                          device=m.device, **core_kwargs(planned, inputs, cache))
+    for planned in plan_merges(ctx.cfg.merge):
+        res = merge_planned(ctx, planned, inputs, cache)
         setup = alpha_setup(ctx, planned.method, res.default_alpha)
         if setup["mode"] == "fixed":
             continue

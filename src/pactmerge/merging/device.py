@@ -33,6 +33,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+_TRIM = None  # glibc's malloc_trim once looked up; False where there is none
+
+
 def return_freed_memory() -> None:
     """Hand memory freed by the last batch back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
 
@@ -50,5 +53,3 @@ def return_freed_memory() -> None:
     if _TRIM:
         _TRIM(0)
 
-
-_TRIM = None

@@ -121,8 +121,9 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
     re-scored at about ``CONFIRM_SPACING`` evenly spaced intervals (ends and the first pass's
     best included); then a climb on the lattice from the best of them (1 and 2 steps either
     side, past the searched range up to the hard bounds) until no such point scores higher
-    (``confirmed``; the chosen α and its score come from it). ``first_pass`` is also asked for every confirmed
-    point, so the curve holds them all (a caller scoring both from one evaluation pays nothing).
+    (``confirmed``; the chosen α and its score come from it). ``first_pass`` is also asked for
+    every confirmed point, so the curve holds them all (a caller scoring both from one evaluation
+    pays nothing).
     """
     if mode not in MODES:
         raise ValueError(f"unknown alpha search mode {mode!r}; use {', '.join(MODES)}")

@@ -252,11 +252,16 @@ class Evaluator:
             self._encoder = folded
         return self._encoder
 
+    def _encoder_at(self, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
+        """The evaluation encoder holding ``state`` (None: the run's pre-trained encoder)."""
+        enc = self.encoder()
+        enc.load(self.ctx.loaded.encoder.state_dict() if state is None else state)
+        return enc.module
+
     @torch.no_grad()
     def _run_pooled(self, state: Mapping[str, torch.Tensor] | None, pooled: PooledSplit, keys: list[str]
                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        enc = self.encoder()
-        enc.load(self.ctx.loaded.encoder.state_dict() if state is None else state)
+        module = self._encoder_at(state)
         heads, scale = self.ctx.heads(), self.ctx.loaded.logit_scale
         batch = max(1, int(self.ctx.cfg.data.eval_batch_size))
         # runs of consecutive tasks: one pass over their rows, batches crossing task boundaries
@@ -272,7 +277,7 @@ class Evaluator:
             feats = []
             with _autocast(self.device, self.precision):  # one context: the weights are cast once per pass
                 for i in range(start, stop, batch):
-                    feats.append(enc.module(pooled.images[i:min(i + batch, stop)]).float())
+                    feats.append(module(pooled.images[i:min(i + batch, stop)]).float())
             feats = torch.cat(feats) if feats else torch.zeros(0)
             for t in run:
                 a, b = pooled.spans[t]
@@ -298,9 +303,7 @@ class Evaluator:
         data = {t: d for t, d in data.items() if not hasattr(d, "__len__") or len(d)}
         if not data:
             return {}
-        enc = self.encoder()
-        enc.load(loaded.encoder.state_dict() if state is None else state)
-        return predict_encoder(enc.module, None, {t: heads[t] for t in data}, data, split=split,
+        return predict_encoder(self._encoder_at(state), None, {t: heads[t] for t in data}, data, split=split,
                                logit_scale=loaded.logit_scale, device=str(self.device), precision=self.precision)
 
     def accuracies(self, state: Mapping[str, torch.Tensor] | None, tasks: Iterable[str] | None = None,

@@ -81,6 +81,12 @@ def _same_pad_convs(module: nn.Module) -> list[str]:
             if isinstance(m, nn.Conv2d) and type(m).__name__ == "Conv2dSame" and m.padding == (0, 0)]
 
 
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted path ``name`` under ``root``."""
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
 def _after_norm(bn: nn.Module) -> nn.Module:
     """What ``bn`` applies after normalising: timm's BatchNormAct2d has ``drop`` and ``act``."""
     parts = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if isinstance(m, nn.Module)]
@@ -115,19 +121,16 @@ class FoldedEncoder:
             return
         skeleton = copy.deepcopy(encoder).eval()
         for conv, bn, _ in self.pairs:
-            bn_mod = skeleton.get_submodule(bn)
             conv_mod = skeleton.get_submodule(conv)
             if conv_mod.bias is None:
                 conv_mod.bias = nn.Parameter(torch.zeros(conv_mod.out_channels, dtype=conv_mod.weight.dtype,
                                                          device=conv_mod.weight.device))
-            parent, _, child = bn.rpartition(".")
-            setattr(skeleton.get_submodule(parent) if parent else skeleton, child, _after_norm(bn_mod))
+            _replace(skeleton, bn, _after_norm(skeleton.get_submodule(bn)))
         for name in _same_pad_convs(skeleton):
             old = skeleton.get_submodule(name)
-            new = SamePadConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, 0, old.dilation,
-                                old.groups, old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
-            parent, _, child = name.rpartition(".")
-            setattr(skeleton.get_submodule(parent) if parent else skeleton, child, new)
+            _replace(skeleton, name, SamePadConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, 0,
+                                                   old.dilation, old.groups, old.bias is not None,
+                                                   device=old.weight.device, dtype=old.weight.dtype))
         state = {k: v.detach() for k, v in encoder.state_dict().items()}
         skeleton.load_state_dict(fold_state(state, self.pairs), strict=True)
         was_training = encoder.training

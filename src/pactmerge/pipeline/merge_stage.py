@@ -16,8 +16,8 @@ and the ``MergeCallback``. In order:
    validation accuracy over the tasks of a fixed seeded subset of each validation split
    (``ALPHA_SUBSET`` examples per task, drawn with ``numpy.random.default_rng(cfg.seed)``; the
    whole split when it is no larger), then confirmed on the whole validation splits: the
-   plateau of the subset's curve re-scored at a few spaced points, then a climb on the 0.05 lattice (``pipeline.alpha``;
-   ``ValidationScores`` reuses the subset's counts). Every evaluation goes through the study's one
+   plateau of the subset's curve re-scored at a few spaced points, then a climb on the 0.05
+   lattice (``pipeline.alpha``; ``ValidationScores`` reuses the subset's counts). Every evaluation goes through the study's one
    evaluation path (``ctx.evaluator()``), which keeps each split's finished inputs after their
    first pass. ``fixed`` and single-point grids evaluate one α on the whole splits.
 5. **Store**: the merged encoder as ``merged/<id>``, its entry recording the resolved method
@@ -101,6 +101,17 @@ def core_kwargs(planned: PlannedMerge, inputs: MergeInputs | None = None, pact_c
     return kwargs
 
 
+def merge_planned(ctx: Any, planned: PlannedMerge, inputs: MergeInputs, pact_cache: Any = None) -> Any:
+    """``planned``'s merge of ``inputs`` as the stage builds it (``merging.merge_files`` under the config's
+    key policy and device): the ``MergeResult``, before α."""
+    from pactmerge.merging import KeyPolicy, merge_files
+
+    m = ctx.cfg.merge
+    return merge_files(inputs.pretrained_path, inputs.finetuned_paths, planned.method,
+                       key_policy=KeyPolicy(conv_as_matrix=m.conv_as_matrix, exclude=tuple(m.exclude)),
+                       device=m.device, **core_kwargs(planned, inputs, pact_cache))
+
+
 def missing_finetunes(ctx: Any) -> list[str]:
     return [t for t in ctx.task_keys if not ctx.store.has(f"finetuned/{t}")]
 
@@ -143,15 +154,13 @@ def run_merge_stage(ctx: Any, merges: Sequence[PlannedMerge] | None = None, *,
         return results
     from tqdm.auto import tqdm
 
-    from pactmerge.merging import KeyPolicy, PACTCache
+    from pactmerge.merging import PACTCache
 
-    m = ctx.cfg.merge
-    key_policy = KeyPolicy(conv_as_matrix=m.conv_as_matrix, exclude=tuple(m.exclude))
     cache = PACTCache() if any(p.pact is not None for p in todo) else None
     with tqdm(todo, desc="merging", unit="merge") as bar:
         for planned in bar:
             bar.set_postfix_str(planned.id)
-            results[planned.id] = _build_one(ctx, planned, inputs, key_policy, cache)
+            results[planned.id] = _build_one(ctx, planned, inputs, cache)
             if built is not None:
                 built.append(planned.id)
     return {p.id: results[p.id] for p in merges}
@@ -171,14 +180,12 @@ def alpha_setup(ctx: Any, method: str, default_alpha: float) -> dict[str, Any]:
             "fixed": m.alpha if m.alpha is not None else default_alpha}
 
 
-def _build_one(ctx: Any, planned: PlannedMerge, inputs: MergeInputs, key_policy: Any, cache: Any) -> dict[str, Any]:
-    from pactmerge.merging import merge_files
+def _build_one(ctx: Any, planned: PlannedMerge, inputs: MergeInputs, cache: Any) -> dict[str, Any]:
     from pactmerge.pipeline.alpha import search_alpha
 
-    m, store = ctx.cfg.merge, ctx.store
+    store = ctx.store
     t0 = time.perf_counter()
-    res = merge_files(inputs.pretrained_path, inputs.finetuned_paths, planned.method, key_policy=key_policy,
-                      device=m.device, **core_kwargs(planned, inputs, cache))
+    res = merge_planned(ctx, planned, inputs, cache)
     merge_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
