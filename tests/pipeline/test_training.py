@@ -91,6 +91,24 @@ def test_interrupted_fit_resumes_to_the_same_encoder(tmp_path, tiny_loaded):
         assert torch.equal(ref[k], resumed[k]), k
 
 
+def test_resume_from_a_checkpoint_written_just_before_validation(tmp_path, tiny_loaded):
+    # 8 batches per epoch, validated at each epoch's end: the step-8 checkpoint is written before
+    # epoch 0's validation runs. Iterating the validation loader must not draw from the global RNG
+    # that shuffles epoch 1, or the resumed run (which does not replay that validation) shuffles
+    # epoch 1 differently from the uninterrupted one.
+    dm = ArrayTaskDataModule("digits", batch_size=32, n_train=256, n_val=100)
+    heads = build_heads(tiny_loaded, [task_info("digits")])
+    recipe = small_recipe(max_steps=20, ckpt_every_n_steps=4, final_validation=False)
+    ref = fit_individual(tiny_loaded, heads, dm, recipe, ckpt_dir=tmp_path / "ref", trainer_kwargs=CPU)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_individual(tiny_loaded, heads, dm, recipe, ckpt_dir=tmp_path / "run", trainer_kwargs=CPU,
+                       callbacks=[_Boom(9)])
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)["global_step"] == 8
+    resumed = fit_individual(tiny_loaded, heads, dm, recipe, ckpt_dir=tmp_path / "run", trainer_kwargs=CPU)
+    for k in ref:
+        assert torch.equal(ref[k], resumed[k]), k
+
+
 class _PoisonAt(pl.Callback):
     def __init__(self, at_step):
         self.at_step = at_step

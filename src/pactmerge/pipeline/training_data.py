@@ -12,6 +12,10 @@ same random state as an uninterrupted one:
 - on resume the epoch's RNG states are restored, the loader is re-iterated past the consumed
   batches, and the RNG states of the checkpoint moment are restored.
 
+Validation and test loaders get a generator of their own (``_own_generator``): iterating
+them draws nothing from the global RNG, so validating (or not, as a resumed run does not
+replay a validation that followed its checkpoint) never changes training's random stream.
+
 Skipping re-loads the consumed batches of the interrupted epoch (not the whole run). A loader
 with ``set_epoch(epoch)`` (a per-epoch seeded plan, like ``DistributedSampler``) is told the
 trainer's epoch before every epoch, so its plan survives a restart too.
@@ -52,6 +56,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _own_generator(loaders: Any) -> Any:
+    """Give every ``DataLoader`` in ``loaders`` (one, or a list, tuple or dict of them) that has no
+    generator one of its own, so that iterating it leaves the global torch RNG untouched.
+
+    A ``DataLoader`` draws its workers' base seed from ``loader.generator``, else from the global
+    RNG, every time it is iterated. Validation runs between a checkpoint written at the end of a
+    training step and the next step; a run resumed from that checkpoint does not replay it. Were
+    the draw taken from the global RNG, the uninterrupted run's later shuffling and augmentation
+    would have moved on by one draw per validation loader and the resumed run's would not.
+    """
+    if isinstance(loaders, DataLoader):
+        if loaders.generator is None:
+            loaders.generator = torch.Generator().manual_seed(0)
+        return loaders
+    if isinstance(loaders, (list, tuple)):
+        return type(loaders)(_own_generator(x) for x in loaders)
+    if isinstance(loaders, dict):
+        return {k: _own_generator(v) for k, v in loaders.items()}
+    return loaders
 
 
 class _ResumableLoader:
@@ -121,10 +146,10 @@ class ResumableData(pl.LightningDataModule):
         return _ResumableLoader(loader, self)
 
     def val_dataloader(self) -> Any:
-        return self.inner.val_dataloader()
+        return _own_generator(self.inner.val_dataloader())
 
     def test_dataloader(self) -> Any:
-        return self.inner.test_dataloader()
+        return _own_generator(self.inner.test_dataloader())
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         return self.inner.on_before_batch_transfer(batch, dataloader_idx)
