@@ -109,6 +109,17 @@ def test_resume_from_a_checkpoint_written_just_before_validation(tmp_path, tiny_
         assert torch.equal(ref[k], resumed[k]), k
 
 
+def test_validation_schedule_does_not_change_the_fit(tmp_path, tiny_loaded):
+    # validating every 3 steps or only at epoch ends draws nothing from training's random stream
+    dm = ArrayTaskDataModule("digits", batch_size=32, n_train=256, n_val=100)
+    heads = build_heads(tiny_loaded, [task_info("digits")])
+    states = [fit_individual(tiny_loaded, heads, dm, small_recipe(max_steps=20, final_validation=False, **kw),
+                             ckpt_dir=tmp_path / str(i), trainer_kwargs=CPU)
+              for i, kw in enumerate([{}, {"val_check_interval": 3}])]
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
 class _PoisonAt(pl.Callback):
     def __init__(self, at_step):
         self.at_step = at_step
