@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 FINE_STEP = 0.05  # the finest α resolution of the default search
 COARSE_POINTS = 4  # coarse intervals over the initial range
 MODES = ("coarse_to_fine", "grid", "fixed")
-PLATEAU = 0.015  # first-pass scores within this of the first pass's best span the region that is confirmed
+PLATEAU = 0.03  # first-pass scores within this of the first pass's best span the region that is confirmed
 CONFIRM_SPACING = 4  # that region is confirmed at about this many evenly spaced intervals before the climb
 CLIMB_STEPS = (-2, -1, 0, 1, 2)  # lattice steps the confirming climb looks at around its point
 
