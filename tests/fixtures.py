@@ -7,6 +7,7 @@ pytest puts a root ``conftest.py``'s directory there). Nothing here downloads an
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -19,6 +20,12 @@ TINY_VIT = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8, "mlp_ratio": 2.0},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
+
+
+def file_sha256(path: str | Path) -> str:
+    """A file's sha256: compare binary files by digest, so that a failing assertion prints two
+    short strings instead of a diff of their bytes (which pytest builds in full on CI)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def tiny_vit_config(directory: str | Path, name: str = "tiny_vit_test", **top_level) -> Path:

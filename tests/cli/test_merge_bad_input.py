@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from fixtures import file_sha256
+
 from pactmerge.merging import available_methods
 
 STREAM_MODES = pytest.mark.parametrize("mode", ["--stream", "--no-stream"])
@@ -147,10 +149,10 @@ def test_conflicting_hyper_parameters(write_models, out_dir, cli, given):
 
 def test_out_may_not_overwrite_an_input(write_models, out_dir, cli):
     models = write_models(T=2)
-    before = models.pretrained_path.read_bytes()
+    before = file_sha256(models.pretrained_path)
     rc, _, err = cli(*models.argv(), "--method", "tsvm", "--out", models.pretrained_path)
     assert rc == 2 and "--out" in err
-    assert models.pretrained_path.read_bytes() == before
+    assert file_sha256(models.pretrained_path) == before
 
 
 # -- parameter namespaces ---------------------------------------------------------------------------------
@@ -270,7 +272,7 @@ def _first_output(write_models, out_dir, cli):
     out = out_dir / "merged.safetensors"
     rc, _, stderr = cli(*models.argv(), "--method", "task_arithmetic", "--alpha", "0.5", "--out", out)
     assert rc == 0, stderr
-    return models, out, out.read_bytes(), (out_dir / "merged.safetensors.json").read_bytes()
+    return models, out, file_sha256(out), (out_dir / "merged.safetensors.json").read_bytes()
 
 
 def test_sidecar_path_that_is_a_directory_keeps_the_previous_output(write_models, out_dir, cli):
@@ -280,7 +282,7 @@ def test_sidecar_path_that_is_a_directory_keeps_the_previous_output(write_models
     sidecar.mkdir()
     rc, _, err = cli(*models.argv(), "--method", "task_arithmetic", "--alpha", "0.9", "--out", out)
     assert rc == 2 and str(sidecar) in err and "directory" in err
-    assert out.read_bytes() == weights, "the finished output was changed"
+    assert file_sha256(out) == weights, "the finished output was changed"
     assert sorted(p.name for p in out_dir.iterdir()) == ["merged.safetensors", "merged.safetensors.json"]
 
 
@@ -300,6 +302,6 @@ def test_a_failed_write_keeps_the_previous_output_and_sidecar(write_models, out_
     monkeypatch.setattr(safetensors.torch, "save_file", save_then_fail)
     rc, _, err = cli(*models.argv(), "--method", "task_arithmetic", "--alpha", "0.9", "--out", out)
     assert rc == 2 and str(out) in err and "No space left" in err
-    assert out.read_bytes() == weights
+    assert file_sha256(out) == weights
     assert (out_dir / "merged.safetensors.json").read_bytes() == sidecar
     assert sorted(p.name for p in out_dir.iterdir()) == ["merged.safetensors", "merged.safetensors.json"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -11,11 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import pactmerge
+from fixtures import file_sha256
 from pactmerge.merging import available_methods, merge
-
-
-def _sha256(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _assert_same_state(actual: dict, expected: dict, exact: bool) -> None:
@@ -55,7 +51,7 @@ def test_output_equals_in_memory_merge(write_models, out_dir, cli, stream, metho
 
     assert rc == 0, stderr
     # the CLI seeds randomized SVDs by the files' sha256, so the result does not depend on their order
-    task_ids = [_sha256(p) for p in models.finetuned_paths]
+    task_ids = [file_sha256(p) for p in models.finetuned_paths]
     res = merge(models.pretrained, models.finetuned, method, params=params, pact=pact, device="cpu", task_ids=task_ids)
     used_alpha = res.default_alpha if alpha is None else alpha
     # the in-memory path runs the same code, so it must agree bit for bit; streaming may batch differently
@@ -70,7 +66,7 @@ def test_output_equals_in_memory_merge(write_models, out_dir, cli, stream, metho
     assert (sidecar["pact_params"] is None) == (not method.startswith("pact+"))
     assert sidecar["pactmerge_version"] == pactmerge.__version__
     assert sidecar["stream"] is stream
-    assert sidecar["inputs"]["pretrained"] == {"path": str(models.pretrained_path), "sha256": _sha256(models.pretrained_path)}
+    assert sidecar["inputs"]["pretrained"] == {"path": str(models.pretrained_path), "sha256": file_sha256(models.pretrained_path)}
     assert [e["sha256"] for e in sidecar["inputs"]["finetuned"]] == task_ids
     assert sidecar["diagnostics"] == json.loads(json.dumps(res.diagnostics))
     assert sidecar["timings"]["total_s"] > 0
@@ -90,7 +86,7 @@ def test_pact_k_does_not_reach_ties(write_models, out_dir, cli):
     assert sidecar["params"]["k"] == TiesParams().k == 20.0
     assert sidecar["pact_params"]["k"] == 3 and sidecar["pact_params"]["K"] == 4
     expected = merge(models.pretrained, models.finetuned, "pact+ties", pact={"k": 3, "K": 4},
-                     task_ids=[_sha256(p) for p in models.finetuned_paths])
+                     task_ids=[file_sha256(p) for p in models.finetuned_paths])
     assert expected.params["k"] == 20.0
     _assert_same_state(load_file(str(out)), expected.apply(models.pretrained), exact=False)
 
