@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+from pactmerge.commands._output import show
+
+log = logging.getLogger(__name__)
 
 HELP = "LBW diagnostics: intrusion energy, task-core similarity, interference (before/after PACT), perturbation curves"
 
@@ -112,19 +117,19 @@ def run(args) -> int:
     figures = report_figures(report, out)
     write_json_atomic(out / "lbw.json", report)
     _print_summary(report)
-    print(f"wrote {out / 'lbw.json'} and {len(figures)} figures in {out}")
+    log.info("wrote %s and %d figures in %s", out / "lbw.json", len(figures), out)
     return 0
 
 
 def _print_summary(report) -> None:
     by_task = report["intrusion"]["by_task"]
-    print(f"{'task':<20} {'E_in before':>12} {'E_in after':>12}")
+    show(f"{'task':<20} {'E_in before':>12} {'E_in after':>12}")
     for t, v in by_task.items():
         after = f"{v['after']:.4f}" if "after" in v else "-"
-        print(f"{t:<20} {v['before']:>12.4f} {after:>12}")
+        show(f"{t:<20} {v['before']:>12.4f} {after:>12}")
     tasks = report["tasks"]
     if len(tasks) > 1:
         for phase, inf in report["interference"].items():
             m = inf["all"]
             off = [m[i][j] for i in range(len(m)) for j in range(len(m)) if i != j]
-            print(f"mean interference ({phase} PACT, all keys): {sum(off) / len(off):.4f}")
+            show(f"mean interference ({phase} PACT, all keys): {sum(off) / len(off):.4f}")

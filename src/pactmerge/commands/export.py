@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pactmerge.commands._output import show
+
 HELP = "export an encoder (e.g. a merge) as an open_clip state dict (safetensors) or a Hugging Face checkpoint directory"
 
 
@@ -44,5 +46,5 @@ def run(args) -> int:
         paths = export_hf(state, args.out, model_config=model_config, heads=args.heads,
                           hidden_act=args.hidden_act, meta=meta)
     for p in paths:
-        print(p)
+        show(p)
     return 0

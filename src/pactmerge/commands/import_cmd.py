@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pactmerge.commands._output import show
+
 HELP = "import fine-tuned encoders (open_clip or Hugging Face CLIP layout; files or Hub ids) into a run directory"
 
 
@@ -85,5 +87,5 @@ def run(args) -> int:
             "the pre-trained model has no trained text tower: its heads are not CLIP zero-shot heads, so accuracies "
             "of imported CLIP checkpoints will not be meaningful; pass --pretrained or a whole CLIP model as "
             "--weights (open_clip file or Hugging Face CLIPModel)")
-    print(f"run directory {args.store} is ready: pactmerge merge {Path(args.store) / 'config.yaml'}")
+    show(f"run directory {args.store} is ready: pactmerge merge {Path(args.store) / 'config.yaml'}")
     return 0

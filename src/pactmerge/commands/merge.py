@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pactmerge.commands._output import show
 from pactmerge.errors import CheckpointError, ConfigError, MergeError
 from pactmerge.fileio import check_weights_destination, sidecar_path, write_weights_with_sidecar
 
@@ -87,8 +88,8 @@ def _run_study_stage(args: argparse.Namespace) -> int:
     results = run_merge_stage(open_context(args))
     for mid, entry in results.items():  # test accuracy: `pactmerge evaluate CONFIG`
         val = entry.get("metrics", {}).get("val_avg")
-        print(f"{mid:28s} alpha={entry.get('alpha')}  validation avg "
-              + ("—" if val is None else f"{100 * val:.1f}%"))
+        show(f"{mid:28s} alpha={entry.get('alpha')}  validation avg "
+             + ("—" if val is None else f"{100 * val:.1f}%"))
     return 0
 
 
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.list_methods:
         for name in merging.available_methods():
-            print(name)
+            show(name)
         return 0
     refuse_ambiguous(args)
     if args.config is not None:
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     sidecar_file = write_weights_with_sidecar(out, merged, finished_sidecar,
                                               metadata={"pactmerge_method": result.method,
                                                         "pactmerge_version": __version__})
-    print(
+    show(
         f"merged {len(finetuned)} models with {result.method} (alpha={alpha:g}) -> {out} "
         f"[{sidecar_file.name}] in {sidecar['timings']['total_s']:.1f} s"
     )

@@ -1,5 +1,7 @@
 """``pactmerge report RUN_DIR``: regenerate results.json/csv/md and the plots from a run directory."""
 
+from pactmerge.commands._output import show
+
 HELP = "write results.json, results.csv, results.md and plots for a run directory"
 
 
@@ -13,7 +15,7 @@ def run(args):
     from pactmerge.pipeline.report import write_report
 
     paths = write_report(args.run_dir)
-    print(Path(paths["md"]).read_text())
+    show(Path(paths["md"]).read_text())
     for name, path in paths.items():
-        print(f"{name}: {path}")
+        show(f"{name}: {path}")
     return 0

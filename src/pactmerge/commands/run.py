@@ -1,5 +1,6 @@
 """``pactmerge run [CONFIG]``: the whole study, resumable."""
 
+from pactmerge.commands._output import show
 from pactmerge.commands._study import add_config_arguments, load_args_config
 
 HELP = "run the whole study (fine-tune, merge, evaluate, report); rerun to continue an interrupted one"
@@ -60,11 +61,11 @@ def run(args):
     if args.dry_run and cfg.seeds:
         from pactmerge.pipeline.replicates import replicate_config
 
-        print(f"seed replicates {', '.join(map(str, cfg.seeds))}: each study below once per seed (seed and "
-              f"recipe.seed set to it) in {cfg.output_dir}/seed-<s>/, then the report over seeds; seed {cfg.seeds[0]}:")
+        show(f"seed replicates {', '.join(map(str, cfg.seeds))}: each study below once per seed (seed and "
+             f"recipe.seed set to it) in {cfg.output_dir}/seed-<s>/, then the report over seeds; seed {cfg.seeds[0]}:")
         cfg = replicate_config(cfg, cfg.seeds[0])
     if args.dry_run:
-        print(describe(RunContext(cfg)))
+        show(describe(RunContext(cfg)))
         return 0
     from pactmerge.console import attach_run_log
 
@@ -76,8 +77,8 @@ def run(args):
         ctx = open_study(cfg, force=args.force, config_text=text)
         attach_run_log(ctx.run_dir)
         table = run_study(ctx)
-    print(table)
-    print(f"report: {ctx.run_dir}/results.md, results.csv, results.json, plots/")
+    show(table)
+    show(f"report: {ctx.run_dir}/results.md, results.csv, results.json, plots/")
     return 0
 
 
@@ -86,7 +87,7 @@ def _run_replicates(cfg, text, args):
     from pactmerge.pipeline.replicates import run_replicates
 
     attach_run_log(cfg.output_dir)
-    print(run_replicates(cfg, force=args.force, config_text=text))
-    print(f"report over seeds {', '.join(map(str, cfg.seeds))}: {cfg.output_dir}/results.md, results.csv, "
-          f"results.json; each replicate in {cfg.output_dir}/seed-<s>/")
+    show(run_replicates(cfg, force=args.force, config_text=text))
+    show(f"report over seeds {', '.join(map(str, cfg.seeds))}: {cfg.output_dir}/results.md, results.csv, "
+         f"results.json; each replicate in {cfg.output_dir}/seed-<s>/")
     return 0

@@ -1,5 +1,7 @@
 """``pactmerge slurm CONFIG``: write sbatch scripts for the study (and submit them with ``--submit``)."""
 
+from pactmerge.commands._output import show
+
 HELP = "write sbatch scripts: a fine-tune job array, joint and sequential jobs, and a dependent merge-and-evaluate job"
 
 
@@ -25,15 +27,15 @@ def run(args):
     done = stored_entries(cfg.output_dir) if args.missing else set()
     paths = write_slurm_scripts(cfg, args.config, [t.key for t in resolve_tasks(cfg)], out, done=done)
     for name, path in paths.items():
-        print(f"{name}: {path}")
+        show(f"{name}: {path}")
     if done:
         kept = sorted(n for n in done if n.split("/")[0] in ("finetuned", "joint", "sequential"))
-        print(f"kept (already stored): {', '.join(kept) or 'none'}")
+        show(f"kept (already stored): {', '.join(kept) or 'none'}")
     if not args.submit:
-        print(f"submit with: bash {paths['submit.sh']}")
+        show(f"submit with: bash {paths['submit.sh']}")
         return 0
     res = subprocess.run(["bash", str(paths["submit.sh"])], capture_output=True, text=True)
-    print(res.stdout.strip())
+    show(res.stdout.strip())
     if res.returncode != 0:
         raise StageError(f"{paths['submit.sh']} failed (exit {res.returncode}): {res.stderr.strip()[-500:]}; "
                          "is sbatch on the PATH and the cluster reachable (sinfo)?")

@@ -21,6 +21,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from pactmerge.commands._output import show
 from pactmerge.pipeline import merge_plan
 from pactmerge.pipeline.rundir import lock_state, recorded_config, require_run_info
 
@@ -211,22 +212,22 @@ def run(args) -> int:
                              "wait for that run to finish before changing its manifest")
     if args.reindex:
         rep = manifest.reindex(run_dir)
-        print(f"{run_dir / manifest.MANIFEST}: rebuilt with {len(rep['from_sidecar']) + len(rep['partial'])} entries "
-              f"({len(rep['from_sidecar'])} from their sidecars, {len(rep['partial'])} partial: no sidecar)")
+        show(f"{run_dir / manifest.MANIFEST}: rebuilt with {len(rep['from_sidecar']) + len(rep['partial'])} entries "
+             f"({len(rep['from_sidecar'])} from their sidecars, {len(rep['partial'])} partial: no sidecar)")
         for name, why in rep["left_out"].items():
-            print(f"  left out {name}: {why}")
+            show(f"  left out {name}: {why}")
         if rep["old_manifest"]:
-            print(f"  the invalid manifest was kept as {rep['old_manifest']}")
+            show(f"  the invalid manifest was kept as {rep['old_manifest']}")
         if not rep["identity"]:
-            print("  no identity.json: the next run binds the store to the model it loads; check it is the model "
-                  "this run was made with")
+            show("  no identity.json: the next run binds the store to the model it loads; check it is the model "
+                 "this run was made with")
         return 0
     if args.drop_corrupt:
         dropped = manifest.drop_corrupt(run_dir)
         for d in dropped:
-            print(f"dropped {d['name']} ({d['why']})" + (f"; file moved to {d['moved_to']}" if d["moved_to"] else ""))
-        print(f"{len(dropped)} entries dropped" + ("; the next `pactmerge run` makes them again" if dropped else ""))
+            show(f"dropped {d['name']} ({d['why']})" + (f"; file moved to {d['moved_to']}" if d["moved_to"] else ""))
+        show(f"{len(dropped)} entries dropped" + ("; the next `pactmerge run` makes them again" if dropped else ""))
         return 0
     status = collect(run_dir, verify=not args.no_verify)
-    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    show(json.dumps(status, indent=2) if args.json else format_status(status))
     return 1 if status["corrupt"] else 0

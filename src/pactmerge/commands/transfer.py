@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pactmerge.commands._output import show
+
 HELP = "add task vectors (optionally PACT-cleaned against the target) to another encoder, e.g. a merge or another checkpoint"
 
 
@@ -94,9 +96,9 @@ def run(args) -> int:
         evaluator = RunEvaluator(args.store, split=args.split, device=args.device)
         sidecar["accuracy"] = {"split": args.split, **evaluator(state, list(vectors))}
         for t in vectors:
-            print(f"{t}: {sidecar['accuracy'][t]:.4f} ({args.split})")
+            show(f"{t}: {sidecar['accuracy'][t]:.4f} ({args.split})")
 
     side = write_weights_with_sidecar(args.out, state, lambda sha256: {**sidecar, "sha256": sha256},
                                       metadata={"format": "pt", "pactmerge": "transfer"})
-    print(f"{args.out} [{side.name}]")
+    show(f"{args.out} [{side.name}]")
     return 0
