@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from alpha_quality import fine_grid
 
 
 def build(run_dir: str, out: Path, step: float) -> None:
@@ -48,7 +49,7 @@ def build(run_dir: str, out: Path, step: float) -> None:
         if setup["mode"] == "fixed":
             continue
         lo, hi = setup["bounds"]
-        grid = [round(lo + step * i, 6) for i in range(int(round((hi - lo) / step)) + 1)]
+        grid = fine_grid(lo, hi, step)
         t0, arrays = time.perf_counter(), {}
         for alpha in grid:
             for task, (pred, label) in ctx.predictions(res.apply(inputs.pretrained, alpha), split="val").items():
@@ -78,11 +79,12 @@ def replay(path: Path, search_alpha, subset: int, seed: int) -> dict:
     alphas = [round(float(a), 6) for a in d["alphas"]]
     at = {a: i for i, a in enumerate(alphas)}
     correct = {t: d[f"pred__{t}"] == d[f"label__{t}"][None, :] for t in tasks}
+    from pactmerge.pipeline.evaluate import subset_positions
+
     in_sub = {}
-    for t in tasks:  # SplitSubset's draw: numpy.random.default_rng(seed), sorted; a small split whole
-        n = correct[t].shape[1]
-        mask = np.zeros(n, bool)
-        mask[np.arange(n) if subset >= n else np.random.default_rng(seed).choice(n, size=subset, replace=False)] = True
+    for t in tasks:  # the study's first-pass subset of each split
+        mask = np.zeros(correct[t].shape[1], bool)
+        mask[subset_positions(len(mask), subset, seed)] = True
         in_sub[t] = mask
     n_sub = int(sum(m.sum() for m in in_sub.values()))
     n_all = int(sum(c.shape[1] for c in correct.values()))

@@ -345,6 +345,20 @@ def load_predictions(run_dir: str | Path, entry: str) -> dict[str, tuple[np.ndar
         return {t: (data[f"pred__{t}"], data[f"label__{t}"]) for t in tasks}
 
 
+def subset_positions(n: int, size: int, seed: int, *, complement: bool = False) -> list[int]:
+    """The positions ``SplitSubset`` takes from a split of ``n`` examples: ``size`` of them drawn
+    without replacement by ``numpy.random.default_rng(seed)``, sorted (all of them when
+    ``size >= n``); with ``complement``, the other positions."""
+    if size >= n:
+        chosen = list(range(n))
+    else:
+        chosen = sorted(np.random.default_rng(seed).choice(n, size=size, replace=False).tolist())
+    if complement:
+        taken = set(chosen)
+        chosen = [i for i in range(n) if i not in taken]
+    return chosen
+
+
 class SplitSubset:
     """A fixed, seeded subset of one split of a set-up ``TaskDataModule``, usable wherever
     ``predict_encoder`` takes a data module (it has ``val_dataloader`` / ``test_dataloader``
@@ -361,15 +375,7 @@ class SplitSubset:
         if role not in dm.datasets:
             dm.setup()
         dataset = dm.datasets[role]
-        n = len(dataset)
-        if size >= n:
-            chosen = list(range(n))
-        else:
-            chosen = sorted(np.random.default_rng(seed).choice(n, size=size, replace=False).tolist())
-        if complement:
-            taken = set(chosen)
-            chosen = [i for i in range(n) if i not in taken]
-        self.indices = chosen
+        self.indices = subset_positions(len(dataset), size, seed, complement=complement)
         self.dm, self.split, self.dataset = dm, split, Subset(dataset, self.indices)
 
     def __len__(self) -> int:
