@@ -93,17 +93,23 @@ def test_a_network_that_reuses_the_convolution_output_is_not_folded():
 
 
 def test_same_pad_convolution_equals_timms_conv2d_same():
+    """Every padding route: symmetric (odd sizes), one more on the far side (the wider zero-led
+    kernel; even sizes of a strided convolution, one side or both), and the buffer (dilation)."""
     from timm.layers.conv2d_same import Conv2dSame
 
     from pactmerge.pipeline.fold import SamePadConv2d
 
     gen = torch.Generator().manual_seed(3)
-    for k, stride, size, groups in ((3, 2, 16, 1), (5, 2, 15, 4), (3, 1, 9, 4), (3, 2, 7, 4)):
-        ref = Conv2dSame(4, 8, k, stride=stride, groups=groups, bias=True)
-        ours = SamePadConv2d(4, 8, k, stride=stride, padding=0, groups=groups, bias=True)
+    cases = ((3, 2, (16, 16), 1, 1), (5, 2, (16, 16), 4, 1), (5, 2, (15, 15), 4, 1), (3, 1, (9, 9), 4, 1),
+             (3, 2, (7, 7), 4, 1), (3, 2, (16, 15), 4, 1), (4, 2, (9, 9), 1, 1), (3, 1, (9, 10), 4, 2))
+    for k, stride, (h, w), groups, dilation in cases:
+        ref = Conv2dSame(4, 8, k, stride=stride, dilation=dilation, groups=groups, bias=True)
+        ours = SamePadConv2d(4, 8, k, stride=stride, padding=0, dilation=dilation, groups=groups, bias=True)
         ours.load_state_dict(ref.state_dict())
-        x = torch.randn(3, 4, size, size, generator=gen)
+        x = torch.randn(3, 4, h, w, generator=gen)
         for fmt in (torch.contiguous_format, torch.channels_last):
             xf = x.contiguous(memory_format=fmt)
             with torch.no_grad():
-                torch.testing.assert_close(ours(xf), ref(xf), rtol=0, atol=1e-6)
+                got = ours(xf)
+                torch.testing.assert_close(got, ref(xf), rtol=0, atol=1e-5)
+            assert got.shape == (3, 8, -(-h // stride), -(-w // stride))
