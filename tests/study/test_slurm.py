@@ -78,3 +78,27 @@ def test_lightning_picks_up_a_simulated_slurm_environment(monkeypatch):
     assert env.main_address == "node001"
     assert (env.global_rank(), env.local_rank(), env.node_rank(), env.world_size()) == (3, 1, 1, 4)
     assert trainer.global_rank == 3 and trainer.world_size == 4
+
+
+def test_a_pool_config_submits_only_the_merge_job(tmp_path, tiny_config, capsys):
+    """A pool imports its checkpoints in the merge job (`pactmerge run`): no fine-tune array, no joint or
+    sequential job, no dependency; scripts of an earlier non-pool write are removed."""
+    import yaml
+
+    cfg = tiny_config()
+    out = tmp_path / "slurm"
+    assert main(["slurm", str(cfg), "--out", str(out)]) == 0
+    assert (out / "finetune_array.sbatch").exists()
+    data = yaml.safe_load(cfg.read_text())
+    data["pool"] = {"pretrained": str(tmp_path / "zeroshot.pt"), "legacy_pickle": True,
+                    "finetuned": {t: str(tmp_path / f"{t}.pt") for t in ("digits", "faces")}}
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["slurm", str(cfg), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir() if p.is_file()} == {"merge_evaluate.sbatch", "submit.sh"}
+    assert f"pactmerge run {cfg.resolve()}" in (out / "merge_evaluate.sbatch").read_text()
+    log = tmp_path / "sbatch.log"
+    _fake_sbatch(tmp_path / "bin", log)
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    subprocess.run(["bash", str(out / "submit.sh")], check=True, env=env, capture_output=True)
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1 and calls[0].endswith(" merge_evaluate.sbatch") and "--dependency" not in calls[0]

@@ -91,6 +91,10 @@ def write_slurm_scripts(cfg: RunConfig, config_path: str | Path, tasks: list[str
     already (see ``stored_entries``); their jobs are left out (the merge job always runs: it
     merges, evaluates and reports only what is missing). Jobs run in ``workdir`` (default: the
     current directory), so relative paths of the config mean what they mean here.
+
+    A config with a ``pool:`` fine-tunes nothing: its checkpoints are imported by ``pactmerge run``,
+    so only ``merge_evaluate.sbatch`` (import, merge, evaluate, report) and ``submit.sh`` are
+    written, and the merge job depends on nothing.
     """
     out = Path(out_dir).resolve()
     done = set(done or ())
@@ -103,7 +107,8 @@ def write_slurm_scripts(cfg: RunConfig, config_path: str | Path, tasks: list[str
     per_node = gpus if gpus > 0 else (cfg.cluster.devices if isinstance(cfg.cluster.devices, int)
                                       and cfg.cluster.devices > 0 else 1)
     nodes = cfg.cluster.num_nodes
-    todo = [t for t in tasks if f"finetuned/{t}" not in done]
+    pooled = getattr(cfg, "pool", None) is not None  # imported by the merge job, never fine-tuned
+    todo = [] if pooled else [t for t in tasks if f"finetuned/{t}" not in done]
     scripts: dict[str, list[str]] = {}
     fit = dict(gpus=gpus, nodes=nodes, tasks_per_node=per_node)
 
@@ -116,12 +121,12 @@ def write_slurm_scripts(cfg: RunConfig, config_path: str | Path, tasks: list[str
             f'srun pactmerge finetune {config} --task "$TASK"',
         ]
     for name in ("joint", "sequential"):
-        if getattr(cfg.comparisons, name) and name not in done:
+        if getattr(cfg.comparisons, name) and name not in done and not pooled:
             scripts[f"{name}.sbatch"] = _header(cfg, name, log_dir, workdir, **fit) + [
                 f"srun pactmerge finetune {config} --{name}",
             ]
     # merging, evaluation and the report run in one process on (at most) one GPU: `pactmerge run`
-    # finds every fine-tune stored (afterok) and does the rest, as a local run would
+    # finds every fine-tune stored (afterok), or imports a pool's, and does the rest, as a local run would
     scripts["merge_evaluate.sbatch"] = _header(cfg, "merge", log_dir, workdir, gpus=min(gpus, 1), nodes=1,
                                                tasks_per_node=1, fit=False) + [
         f"pactmerge run {config}",
