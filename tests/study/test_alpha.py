@@ -27,7 +27,9 @@ def test_unimodal_interior_peak_is_found_on_the_005_lattice_with_few_evaluations
     res = search_alpha(score, GRID, "coarse_to_fine", bounds=(0.0, 4.0))
     assert res.chosen == peak and res.score == pytest.approx(0.0, abs=1e-12)
     assert not res.widened and not res.at_limit and res.range == (0.0, 2.0)
-    assert res.evaluations == len(calls) == len(set(calls)) <= 13  # the 0.05 lattice holds 41 points
+    # the 0.05 lattice holds 41 points; the next span up to the bound is probed at the coarse spacing
+    assert {2.5, 3.0, 3.5, 4.0} <= set(calls) and max(calls) == 4.0
+    assert res.evaluations == len(calls) == len(set(calls)) <= 17
     assert res.chosen in res.curve
 
 
@@ -61,6 +63,28 @@ def test_monotone_curve_stops_at_the_hard_bound():
     # a bound the initial grid already reaches: no widening, at_limit all the same
     res = search_alpha(lambda a: a, GRID, "coarse_to_fine", bounds=(0.0, 2.0))
     assert res.chosen == 2.0 and not res.widened and res.at_limit
+
+
+def test_a_higher_peak_past_a_dip_above_the_range_is_found_by_probing():
+    # a local peak at 1.0 inside the initial range, a dip, and the real peak at 3.1 above it
+    fn = lambda a: max(0.5 - abs(a - 1.0), 1.0 - abs(a - 3.1))  # noqa: E731
+    res = search_alpha(fn, GRID, "coarse_to_fine", bounds=(0.0, 4.0))
+    assert res.chosen == 3.1 and res.widened and not res.at_limit and res.range == (0.0, 4.0)
+    # with a first pass: probed on it, then confirmed
+    res = search_alpha(fn, GRID, "coarse_to_fine", bounds=(0.0, 4.0), first_pass=fn)
+    assert res.chosen == 3.1 and 3.1 in res.confirmed
+    # no room above the range: nothing is probed
+    score, calls = _counted(fn)
+    res = search_alpha(score, GRID, "coarse_to_fine", bounds=(0.0, 2.0))
+    assert res.chosen == 1.0 and max(calls) == 2.0
+
+
+def test_a_probe_that_finds_nothing_better_keeps_the_range():
+    score, calls = _counted(lambda a: -abs(a - 1.2))
+    res = search_alpha(score, TA_GRID, "coarse_to_fine", bounds=(0.0, 3.0))
+    assert res.chosen == 1.2 and res.range[1] < 3.0
+    probed = [a for a in calls if a > res.range[1]]
+    assert probed and all(res.curve[a] < res.score for a in probed)
 
 
 def test_grid_mode_widens_with_the_grids_step_and_evaluates_every_point():

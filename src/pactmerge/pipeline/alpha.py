@@ -18,6 +18,14 @@ The search runs on a lattice of step ``resolution`` (the grid's own step, at mos
    not the method's hard bound (``MethodSpec.alpha_bounds``), the range grows on that side by
    its initial span (never past the bound), the new part is searched as in 1, and 2 and 3
    repeat.
+4. **Probing beyond**: when the best point is interior but the range stops below the upper
+   hard bound, the next span above it is evaluated at the coarse spacing of 1. A point there
+   that beats the best widens the range to include it and 2-4 repeat; otherwise the range stays
+   (the probed points stay in the curve). Curves after PACT often dip and rise again: on the
+   offline default's fine-tunes the earlier rule (no probing, 4 confirmation intervals) chose an
+   α more than 0.3 points below the best of the hard range for 8 of 27 merges (up to 5.3
+   points), this one for 3 (up to 1.5), for 16% more validation images
+   (``benchmarks/alpha_replay.py``; ``docs/merging.md``).
 
 Ties go to the smaller α. The chosen α is ``at_limit`` when it lies on a hard bound after
 widening, that is, the curve still rose towards a limit the method does not allow crossing.
@@ -33,7 +41,7 @@ FINE_STEP = 0.05  # the finest α resolution of the default search
 COARSE_POINTS = 4  # coarse intervals over the initial range
 MODES = ("coarse_to_fine", "grid", "fixed")
 PLATEAU = 0.03  # first-pass scores within this of the first pass's best span the region that is confirmed
-CONFIRM_SPACING = 4  # that region is confirmed at about this many evenly spaced intervals before the climb
+CONFIRM_SPACING = 6  # that region is confirmed at about this many evenly spaced intervals before the climb
 CLIMB_STEPS = (-2, -1, 0, 1, 2)  # lattice steps the confirming climb looks at around its point
 
 
@@ -115,7 +123,7 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
     ``coarse_to_fine`` mode). A single-point grid is searched as ``fixed``.
 
     ``first_pass``: a cheaper, noisier estimate of ``score`` (a subset of the validation data).
-    Steps 1-3 then run on it, and ``score`` confirms. A subset's curve is flat and noisy near
+    Steps 1-4 then run on it, and ``score`` confirms. A subset's curve is flat and noisy near
     its top and its best point can sit anywhere on that plateau, so the confirmation spans it:
     the first-pass points within ``PLATEAU`` of the first pass's best give a region, which is
     re-scored at about ``CONFIRM_SPACING`` evenly spaced intervals (ends and the first pass's
@@ -150,7 +158,7 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
         lat.visit([unit(a) for a in grid])
     else:
         lat.visit(_spaced(lo, hi, every))
-    widened = False
+    widened, probed = False, False
     while True:
         b = lat.best(lo, hi)
         left = max((u for u in lat.curve if lo <= u < b), default=b)
@@ -166,6 +174,13 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
             new_lo = max(lo_bound, lo - span)
             lat.visit(_spaced(lo - every, new_lo, every) if new_lo < lo - every else [new_lo])
             lo, widened = new_lo, True
+        elif hi < hi_bound and not probed:  # 4: the next span above, at the coarse spacing
+            new_hi = min(hi_bound, hi + span)
+            lat.visit(_spaced(hi + every, new_hi, every) if new_hi > hi + every else [new_hi])
+            if lat.curve[lat.best(lo, new_hi)] > lat.curve[b]:
+                hi, widened = new_hi, True
+            else:
+                probed = True
         else:
             break
     confirmed: dict[int, float] = {}
