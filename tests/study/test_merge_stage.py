@@ -4,6 +4,7 @@ data and the evaluation path it shares with the evaluate stage (predictions per 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pactmerge.merging import available_methods
 from pactmerge.pipeline.config import MergeConfig, load_config
@@ -125,3 +126,32 @@ def test_evaluation_precision_resolution():
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_bf16() else "32")
     with pytest.raises(ValueError, match="use one of auto, 32, bf16"):
         resolve_precision("fp16", cpu)
+
+
+def test_a_split_that_cannot_fit_the_input_cache_is_never_read_for_it(tiny_config, monkeypatch):
+    from pactmerge.pipeline import evaluate
+    from pactmerge.pipeline.evaluate import Evaluator
+    from pactmerge.pipeline.study import open_study
+
+    ctx = open_study(load_config(tiny_config()))
+    reads = []
+    real = evaluate.finished_batches
+    monkeypatch.setattr(evaluate, "finished_batches", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
+    n = sum(Evaluator(ctx, cache_bytes=0).count(t, "val") for t in ctx.task_keys)
+    side = ctx.loaded.image_size
+    floats = n * 3 * side * side  # the finished inputs hold this many values, float32
+    assert reads == []
+    # below what even 2 bytes a value would take (twice: the parts and the pooled copy): not read at all
+    ev = Evaluator(ctx, cache_bytes=2 * floats * 2 - 1)
+    assert ev.pooled("val") is None and reads == []
+    assert [ev.count(t, "val") for t in ctx.task_keys] == [Evaluator(ctx, cache_bytes=0).count(t, "val")
+                                                           for t in ctx.task_keys]
+    # might fit by the estimate: read and measured (float32 does not fit), then streamed
+    ev = Evaluator(ctx, cache_bytes=2 * floats * 4 - 1)
+    assert ev.pooled("val") is None and reads
+    # fits: pooled, every example once
+    reads.clear()
+    ev = Evaluator(ctx, cache_bytes=2 * (floats * 4 + n * 8))  # with the int64 labels
+    pooled = ev.pooled("val")
+    assert pooled is not None and pooled.images.shape[0] == n and pooled.images.dtype == torch.float32
+    assert len(reads) == len(ctx.task_keys)

@@ -209,10 +209,17 @@ class Evaluator:
 
     def pooled(self, split: str, subset: int | None = None, complement: bool = False) -> PooledSplit | None:
         """Every task's examples of ``split`` (or subset, or the subset's complement) as one
-        ``PooledSplit``; None when they do not fit the cache (they are streamed instead)."""
+        ``PooledSplit``; None when they do not fit the cache (they are streamed instead). Splits
+        that cannot fit (their example count times the input size, at 2 bytes a value) are never
+        read for the pool; the others are read and measured."""
         key = (split, subset, complement)
         if key not in self._pooled:
             used = sum(p.nbytes for p in self._pooled.values() if p is not None)
+            side = int(self.ctx.loaded.image_size)
+            least = sum(self._length(t, split, subset, complement) for t in self.ctx.task_keys) * 3 * side * side * 2
+            if used + 2 * least > self.cache_bytes:  # over the budget even at 2 bytes a value: never read
+                self._pooled[key] = None
+                return None
             parts, nbytes = {}, 0
             for task in self.ctx.task_keys:
                 parts[task] = list(finished_batches(self._source(task, split, subset, complement), split, self.device))
@@ -223,17 +230,18 @@ class Evaluator:
             self._pooled[key] = PooledSplit(parts) if parts is not None else None
         return self._pooled[key]
 
-    def count(self, task: str, split: str, subset: int | None = None, complement: bool = False) -> int:
-        """How many examples of ``task``'s ``split`` (subset, complement) an evaluation sees."""
-        pooled = self.pooled(split, subset, complement)
-        if pooled is not None:
-            return pooled.size(task)
+    def _length(self, task: str, split: str, subset: int | None, complement: bool) -> int:
         if subset is not None:
             return len(self._source(task, split, subset, complement))
         dm = self.ctx.datamodule(task)
         if split not in dm.datasets:
             dm.setup()
         return len(dm.datasets[split])
+
+    def count(self, task: str, split: str, subset: int | None = None, complement: bool = False) -> int:
+        """How many examples of ``task``'s ``split`` (subset, complement) an evaluation sees."""
+        pooled = self.pooled(split, subset, complement)
+        return pooled.size(task) if pooled is not None else self._length(task, split, subset, complement)
 
     def encoder(self) -> Any:
         """The ``FoldedEncoder`` of the run's encoder, on the evaluation device (built on first use)."""
