@@ -43,3 +43,33 @@ def test_transfer_evaluate(run_dir, tower_files, tmp_path, capsys):
     ft = CheckpointStore(run_dir).load_state("finetuned/digits")
     assert side["accuracy"]["digits"] == pytest.approx(RunEvaluator(run_dir, split="val").accuracy("digits", ft))
     assert "digits:" in capsys.readouterr().out
+
+
+def test_run_evaluator_gives_the_evaluate_stages_accuracies(run_dir, monkeypatch):
+    """On the run's own tasks, analysis accuracies are those of `pactmerge evaluate`, digit for digit,
+    and the split is read once however many states are evaluated."""
+    import numpy as np
+
+    from pactmerge.analysis.runs import RunEvaluator
+    from pactmerge.checkpoints import CheckpointStore
+    from pactmerge.pipeline import evaluate
+    from pactmerge.pipeline.context import open_run_dir
+    from pactmerge.pipeline.evaluate import accuracy, predict_encoder
+
+    ctx = open_run_dir(run_dir)
+    store = CheckpointStore(run_dir)
+    ft, pre = store.load_state("finetuned/digits"), store.load_state("pretrained")
+    study = ctx.evaluator().predictions(ft, ["digits"], split="test")["digits"]
+    reads = []
+    real = evaluate.finished_batches
+    monkeypatch.setattr(evaluate, "finished_batches", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
+    run_eval = RunEvaluator(run_dir, split="test")
+    assert run_eval.accuracy("digits", ft) == accuracy(*study)
+    assert run_eval.accuracy("digits", pre) == accuracy(*ctx.evaluator().predictions(pre, ["digits"])["digits"])
+    assert run_eval.accuracy("digits", ft) == accuracy(*study)
+    assert reads == ["test"]  # three evaluations, one pass over the data
+    monkeypatch.setattr(evaluate, "finished_batches", real)
+    # the same examples as the data module's own loader gives, in the same order
+    direct = predict_encoder(ctx.loaded.encoder, ft, ctx.heads(), ctx.datamodules(["digits"]), split="test",
+                             device="cpu", precision=ctx.evaluator().precision)["digits"]
+    assert np.array_equal(direct[1], study[1])

@@ -2,7 +2,11 @@
 
 A run directory is what ``pactmerge run`` / ``pactmerge import`` write: a checkpoint store
 plus ``run.json`` (the run config). Evaluation reuses the run's ``RunContext`` (model loading,
-data modules, heads), so its numbers are comparable with ``pactmerge evaluate``.
+data modules, heads). On the run's own tasks it goes through the study's evaluation path
+(``ctx.evaluator()``: folded BatchNorms, inputs kept after their first pass, the config's
+precision), so its accuracies are those ``pactmerge evaluate`` gives, digit for digit, and the
+many states an analysis evaluates pay for decoding the data once. Other tasks (their heads built
+on demand) and another ``device`` than the run's go through ``evaluate_encoder``.
 """
 
 from __future__ import annotations
@@ -52,8 +56,14 @@ class RunEvaluator:
 
         from pactmerge.datamodules import get_task
 
+        from pactmerge.merging import resolve_device
+
         loaded = self.ctx.loaded
         keys = [get_task(t).key for t in tasks]
+        study = self.ctx.evaluator()
+        if set(keys) <= set(self.ctx.task_keys) and resolve_device(self.device) == study.device:
+            accs = study.accuracies(state, keys, split=self.split)
+            return {t: accs[k] for t, k in zip(tasks, keys)}
         dms = self.ctx.datamodules(keys)
         heads = {key: self.head(key) for key in dms}
         accs = evaluate_encoder(loaded.encoder, state, heads, dms, split=self.split,
