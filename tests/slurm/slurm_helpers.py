@@ -8,18 +8,25 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+CPU_CLUSTER = {"accelerator": "cpu", "cpus_per_task": 1, "time": "00:20:00"}  # one CPU per job
+
+
+def load_test_module(relative: str):
+    """A helper module of another test folder (``tests/...``), loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_{Path(relative).stem}", REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_study(directory: Path, **overrides) -> Path:
     """The tiny offline study (tests/study/conftest.py) for a CPU cluster, one CPU per job."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_study_conftest", REPO / "tests" / "study" / "conftest.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_test_module("tests/study/conftest.py")
     directory.mkdir(parents=True, exist_ok=True)
     cfg = study.tiny_study_config(directory, **overrides)
-    cfg["cluster"] = {"accelerator": "cpu", "cpus_per_task": 1, "time": "00:20:00", **cfg.get("cluster", {})}
+    cfg["cluster"] = {**CPU_CLUSTER, **cfg.get("cluster", {})}
     path = directory / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

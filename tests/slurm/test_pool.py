@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 
 import pytest
 import yaml
 
-from slurm_helpers import REPO, read_jobs
+from slurm_helpers import CPU_CLUSTER, load_test_module, read_jobs
 
 pytestmark = pytest.mark.slurm
 
 
-def _pool_builders():
-    spec = importlib.util.spec_from_file_location("_pool_builders", REPO / "tests" / "pool" / "pool_builders.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pool_study_on_slurm_is_one_merge_job_equal_to_a_local_run(slurm_cluster, tmp_path):
-    builders = _pool_builders()
+    builders = load_test_module("tests/pool/pool_builders.py")
     tv = tmp_path / "tv"
     builders.task_vectors_pickles(tv)
     cfg = builders.pool_config(tmp_path, {"pretrained": str(tv / "zeroshot.pt"), "legacy_pickle": True,
                                           "finetuned": {"digits": str(tv / "Digits" / "finetuned.pt"),
                                                         "faces": str(tv / "Faces" / "finetuned.pt")}})
     data = yaml.safe_load(cfg.read_text())
-    data["cluster"] = {"accelerator": "cpu", "cpus_per_task": 1, "time": "00:20:00"}
+    data["cluster"] = dict(CPU_CLUSTER)
     cfg.write_text(yaml.safe_dump(data))
     run, local_dir = tmp_path / "run", tmp_path / "local"
     slurm_cluster.watch = [run]

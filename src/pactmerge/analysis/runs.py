@@ -52,18 +52,16 @@ class RunEvaluator:
 
     def __call__(self, state: Mapping[str, torch.Tensor], tasks: list[str]) -> dict[str, float]:
         """Top-1 accuracy in [0, 1] per task of the run's encoder with ``state`` loaded."""
+        from pactmerge.datamodules import get_task
+        from pactmerge.merging import resolve_device
         from pactmerge.pipeline.evaluate import evaluate_encoder
 
-        from pactmerge.datamodules import get_task
-
-        from pactmerge.merging import resolve_device
-
-        loaded = self.ctx.loaded
         keys = [get_task(t).key for t in tasks]
         study = self.ctx.evaluator()
         if set(keys) <= set(self.ctx.task_keys) and resolve_device(self.device) == study.device:
             accs = study.accuracies(state, keys, split=self.split)
             return {t: accs[k] for t, k in zip(tasks, keys)}
+        loaded = self.ctx.loaded
         dms = self.ctx.datamodules(keys)
         heads = {key: self.head(key) for key in dms}
         accs = evaluate_encoder(loaded.encoder, state, heads, dms, split=self.split,

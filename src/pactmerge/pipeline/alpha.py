@@ -158,6 +158,13 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
         lat.visit([unit(a) for a in grid])
     else:
         lat.visit(_spaced(lo, hi, every))
+    def visit_beyond(edge: int, bound: int) -> int:
+        """Visit the next span past ``edge`` towards ``bound`` (never past it) at the coarse spacing;
+        returns that span's far end."""
+        far = min(bound, edge + span) if bound > edge else max(bound, edge - span)
+        lat.visit(_spaced(edge + (every if far > edge else -every), far, every) if abs(far - edge) > every else [far])
+        return far
+
     widened, probed = False, False
     while True:
         b = lat.best(lo, hi)
@@ -166,19 +173,14 @@ def search_alpha(score: Callable[[float], float], grid: Sequence[float], mode: s
         gap_left, gap_right = b - left - 1, right - b - 1
         if max(gap_left, gap_right) > 0:
             lat.visit([(left + b) // 2 if gap_left >= gap_right else (b + right + 1) // 2])
-        elif b == hi and hi < hi_bound:
-            new_hi = min(hi_bound, hi + span)
-            lat.visit(_spaced(hi + every, new_hi, every) if new_hi > hi + every else [new_hi])
-            hi, widened = new_hi, True
-        elif b == lo and lo > lo_bound:
-            new_lo = max(lo_bound, lo - span)
-            lat.visit(_spaced(lo - every, new_lo, every) if new_lo < lo - every else [new_lo])
-            lo, widened = new_lo, True
-        elif hi < hi_bound and not probed:  # 4: the next span above, at the coarse spacing
-            new_hi = min(hi_bound, hi + span)
-            lat.visit(_spaced(hi + every, new_hi, every) if new_hi > hi + every else [new_hi])
-            if lat.curve[lat.best(lo, new_hi)] > lat.curve[b]:
-                hi, widened = new_hi, True
+        elif b == hi and hi < hi_bound:  # 3: widen upwards
+            hi, widened = visit_beyond(hi, hi_bound), True
+        elif b == lo and lo > lo_bound:  # 3: widen downwards
+            lo, widened = visit_beyond(lo, lo_bound), True
+        elif hi < hi_bound and not probed:  # 4: probe the next span above
+            far = visit_beyond(hi, hi_bound)
+            if lat.curve[lat.best(lo, far)] > lat.curve[b]:
+                hi, widened = far, True
             else:
                 probed = True
         else:

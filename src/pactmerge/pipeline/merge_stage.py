@@ -18,8 +18,9 @@ and the ``MergeCallback``. In order:
    whole split when it is no larger), then confirmed on the whole validation splits: the
    plateau of the subset's curve re-scored at a few spaced points, then a climb on the 0.05
    lattice (``pipeline.alpha``; ``ValidationScores`` reuses the subset's counts). Every
-   evaluation goes through the study's one evaluation path (``ctx.evaluator()``), which keeps each split's finished inputs after their
-   first pass. ``fixed`` and single-point grids evaluate one α on the whole splits.
+   evaluation goes through the study's one evaluation path (``ctx.evaluator()``), which keeps
+   each split's finished inputs after their first pass. ``fixed`` and single-point grids
+   evaluate one α on the whole splits.
 5. **Store**: the merged encoder as ``merged/<id>``, its entry recording the resolved method
    parameters (``params``) and PACT parameters (``pact_params``) separately, α, the search
    (``alpha_search``: the ``AlphaSearch.record`` form), the validation score (``metrics.val_avg``)

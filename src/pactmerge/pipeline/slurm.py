@@ -107,7 +107,7 @@ def write_slurm_scripts(cfg: RunConfig, config_path: str | Path, tasks: list[str
     per_node = gpus if gpus > 0 else (cfg.cluster.devices if isinstance(cfg.cluster.devices, int)
                                       and cfg.cluster.devices > 0 else 1)
     nodes = cfg.cluster.num_nodes
-    pooled = getattr(cfg, "pool", None) is not None  # imported by the merge job, never fine-tuned
+    pooled = cfg.pool is not None  # imported by the merge job, never fine-tuned
     todo = [] if pooled else [t for t in tasks if f"finetuned/{t}" not in done]
     scripts: dict[str, list[str]] = {}
     fit = dict(gpus=gpus, nodes=nodes, tasks_per_node=per_node)
