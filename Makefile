@@ -11,6 +11,7 @@ run: setup
 	$(VENV)/bin/pactmerge run
 
 test: setup
+	@df -h . "$${TMPDIR:-/tmp}" | sed 's/^/disk: /'  # the suite needs about 5.5 GB free under /tmp at its peak
 	$(VENV)/bin/python -m pytest -q
 
 bench: setup

@@ -7,6 +7,7 @@ Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -62,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except PactmergeError as exc:
         print(f"pactmerge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"pactmerge {args.command}: error: {exc.strerror or 'no space left on device'}{where}. Finished work "
+              "is kept and nothing half-written is; free space (or use another --output-dir) and rerun to continue",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pactmerge {args.command}: interrupted; finished work is kept, rerun to continue", file=sys.stderr)

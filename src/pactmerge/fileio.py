@@ -8,6 +8,7 @@ nothing behind at the destination.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -75,7 +76,13 @@ def save_safetensors_atomic(
 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=dict(metadata) if metadata else None)
+        try:
+            save_file(flat, str(tmp), metadata=dict(metadata) if metadata else None)
+        except Exception as exc:  # safetensors reports I/O failures as its own error type
+            code = next((c for c in (errno.ENOSPC, errno.EDQUOT) if f"os error {c})" in str(exc)), None)
+            if code is None:
+                raise
+            raise OSError(code, os.strerror(code), str(path)) from exc
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:

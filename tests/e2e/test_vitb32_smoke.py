@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,8 @@ def smoke(tmp_path_factory):
     run = root / "run"
     rc = main(["run", str(CONFIG), "--output-dir", str(run), "--set", f"data.cache_dir={root / 'cache'}"])
     assert rc == 0
-    return run
+    yield run
+    shutil.rmtree(root, ignore_errors=True)  # about 5 GB of ViT-B/32 weights: freed once this module ends
 
 
 @pytest.fixture(scope="module")

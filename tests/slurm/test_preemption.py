@@ -129,4 +129,4 @@ def test_joint_fine_tune_on_two_nodes_resumes_after_requeue(slurm_cluster, tmp_p
         (summary["metrics"], single_summary["metrics"])
     entries = manifest(run)
     assert "joint" in entries and entries["joint"]["steps"] == 32
-    assert sorted(p.name for p in fit.glob("*.ckpt")) == ["last.ckpt"]
+    assert not [*fit.rglob("*.ckpt"), *fit.rglob("final.safetensors")]  # stored: the fit's weights files are gone

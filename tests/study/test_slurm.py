@@ -71,6 +71,11 @@ def test_lightning_picks_up_a_simulated_slurm_environment(monkeypatch):
         "SLURM_NODEID": "1",
     }.items():
         monkeypatch.setenv(key, value)
+    # the Trainer records rank 3 in Lightning's process-wide rank_zero_only.rank, which would keep
+    # every later Trainer in this process from logging or checkpointing: restored when the test ends
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     trainer = pl.Trainer(accelerator="cpu", devices=2, num_nodes=2, strategy="ddp", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False)
     env = trainer.strategy.cluster_environment

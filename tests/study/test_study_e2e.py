@@ -34,6 +34,13 @@ def test_full_study_then_rerun_skips_everything(tiny_config, tmp_path, capsys):
                  *(f"merged/{m}" for m in METHOD_IDS), "heads/digits", "heads/faces"]:
         assert name in entries, name
         assert (run / entries[name]["file"]).is_file()
+    # every fit's weights live in the store alone: its Lightning checkpoints (resume state with the
+    # optimizer's moments) and final.safetensors are removed once the entry is written; logs stay
+    lightning = run / "lightning"
+    assert not [*lightning.rglob("*.ckpt"), *lightning.rglob("final.safetensors")]
+    for fit in ("finetuned/digits", "finetuned/faces", "joint", "sequential/00_digits", "sequential/01_faces"):
+        assert (lightning / fit / "logs" / "version_0" / "metrics.csv").is_file(), fit
+        assert (lightning / fit / "final.json").is_file(), fit
     for name in ("results.json", "results.csv", "results.md", "plots/per_task_accuracy.png",
                  "plots/alpha_curves.png", "plots/joint_sequential_merge.png", "plots/pact_intrusion_energy.png"):
         assert (run / name).is_file(), name

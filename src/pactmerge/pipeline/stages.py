@@ -8,7 +8,9 @@ uses for its ``timings``. The merge stage lives in ``pipeline.merge_stage``.
 
 Every fine-tune is written to the store once, here, from the state its fit returns (the fit's
 own ``final.safetensors`` beside its Lightning checkpoints is what makes a finished fit
-resumable; it is not a store entry).
+resumable; it is not a store entry). Once the entry is written, the fit's weights files are
+removed (``training.prune_fit_dir``): the store entry is the result, and the Lightning
+checkpoints with their optimizer state are three times its size.
 """
 
 from __future__ import annotations
@@ -80,9 +82,19 @@ def finetune_individual(ctx: RunContext, task: str) -> bool:
                            trainer_kwargs=ctx.trainer_kwargs())
     if _rank() != 0:  # a DDP fit: rank 0 alone writes the store entry
         return True
-    ctx.store.save_state(name, state, {"kind": "finetuned", "task": key, "recipe": ctx.cfg.recipe.to_dict(),
-                                       **_fit_meta(ckpt_dir)})
+    _store_fit(ctx, name, state, {"kind": "finetuned", "task": key, "recipe": ctx.cfg.recipe.to_dict(),
+                                  **_fit_meta(ckpt_dir)}, ckpt_dir)
     return True
+
+
+def _store_fit(ctx: RunContext, name: str, state: Any, meta: dict[str, Any], ckpt_dir: Path) -> None:
+    """Write fit result ``name`` to the store, then free its fit directory's weights files."""
+    from pactmerge.pipeline.training import prune_fit_dir
+
+    ctx.store.save_state(name, state, meta)
+    freed = prune_fit_dir(ckpt_dir)
+    if freed:
+        log.info("%s stored; removed %.1f MB of checkpoints from %s", name, freed / 1e6, ckpt_dir)
 
 
 def joint_recipe(ctx: RunContext):
@@ -108,8 +120,8 @@ def finetune_joint(ctx: RunContext) -> bool:
     state = fit_joint(ctx.loaded, ctx.heads(), multi, recipe, ckpt_dir=ckpt_dir, trainer_kwargs=ctx.trainer_kwargs())
     if _rank() != 0:  # a DDP fit: rank 0 alone writes the store entry
         return True
-    ctx.store.save_state("joint", state, {"kind": "joint", "tasks": ctx.task_keys, "sampling": sampling,
-                                          "recipe": recipe.to_dict(), **_fit_meta(ckpt_dir)})
+    _store_fit(ctx, "joint", state, {"kind": "joint", "tasks": ctx.task_keys, "sampling": sampling,
+                                     "recipe": recipe.to_dict(), **_fit_meta(ckpt_dir)}, ckpt_dir)
     return True
 
 
@@ -130,8 +142,8 @@ def finetune_sequential(ctx: RunContext) -> bool:
                            trainer_kwargs=ctx.trainer_kwargs())
     if _rank() != 0:  # a DDP fit: rank 0 alone writes the store entry
         return True
-    ctx.store.save_state("sequential", state, {"kind": "sequential", "order": order,
-                                               "recipe": ctx.cfg.recipe.to_dict()})
+    _store_fit(ctx, "sequential", state, {"kind": "sequential", "order": order,
+                                          "recipe": ctx.cfg.recipe.to_dict()}, ckpt_dir)
     return True
 
 

@@ -94,11 +94,41 @@ def run_study(ctx: RunContext) -> str:
             record_timing(ctx, name, seconds)
         else:
             log.info("stage %s: already done", name)
+        if name == "prepare":
+            check_disk(ctx)
     t0 = time.perf_counter()
     table = stages.report(ctx)
     log.info("stage report finished in %.1f s; study finished in %.1f s", time.perf_counter() - t0,
              time.perf_counter() - t_start)
     return table
+
+
+def disk_need(ctx: RunContext) -> int:
+    """Bytes the rest of the study writes to its store, about: one encoder state per entry still to
+    write, plus, while fits remain, the largest fit directory (Lightning's checkpoint with AdamW's two
+    moments and the fit's final state: four states more). Needs ``pretrained`` stored."""
+    size = ctx.store.path("pretrained").stat().st_size
+    names = [n for _, entries in merge_plan.stage_entries(ctx.cfg, ctx.task_keys) for n in entries]
+    todo = [n for n in names if not n.startswith("heads/") and not ctx.store.has(n)]
+    fits = ctx.cfg.pool is None and any(n.startswith("finetuned/") or n in merge_plan.COMPARISONS for n in todo)
+    return size * (len(todo) + (4 if fits else 0))
+
+
+def check_disk(ctx: RunContext) -> None:
+    """Say up front when the run directory's file system has less room than the study will write."""
+    import shutil
+
+    need, free = disk_need(ctx), shutil.disk_usage(ctx.run_dir).free
+    if need > free:
+        log.warning("the rest of this study writes about %s to %s, whose file system has %s free: it will stop "
+                    "when the disk is full (finished entries are kept; free space and rerun to continue)",
+                    _size(need), ctx.run_dir, _size(free))
+    else:
+        log.info("the rest of this study writes about %s to %s (%s free)", _size(need), ctx.run_dir, _size(free))
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 # -- pactmerge run --dry-run -------------------------------------------------------------------------

@@ -12,6 +12,10 @@ into its own ``ckpt_dir``:
   tasks, recipe, final validation metrics). A rerun of a finished stage returns them
   without training.
 
+Once the study has written a fit's result to its checkpoint store, ``prune_fit_dir`` removes
+the weights files (``*.ckpt``, ``final.safetensors``: about four times the encoder's size for
+a fit with AdamW) and keeps the logs, ``stage.json`` and ``final.json``.
+
 ``trainer_kwargs`` reach ``pl.Trainer`` unchanged (``accelerator``, ``devices``, ``num_nodes``,
 ``strategy="ddp"`` ...; torchrun and SLURM environments are detected by Lightning) and win
 over the defaults built from the recipe.
@@ -184,6 +188,22 @@ def fit_stage(init_state: Mapping[str, torch.Tensor], loaded: Any, heads: Mappin
     for dm in {id(m): m for m in (data, data.inner)}.values():
         dm.trainer = None
     return state
+
+
+def prune_fit_dir(ckpt_dir: str | Path) -> int:
+    """Delete the weights files of a fit whose result is stored elsewhere; return the bytes freed.
+
+    Removes Lightning's checkpoints (``last.ckpt``, ``hpc_ckpt_<n>.ckpt``) and ``final.safetensors``
+    in ``ckpt_dir`` and its sub-stages (the per-task fits of a sequential stage); the CSV and
+    TensorBoard logs, ``stage.json`` and ``final.json`` stay. Only call it once the fit's result
+    has been written atomically somewhere else: a rerun of the fit would start afresh.
+    """
+    freed = 0
+    for path in sorted(Path(ckpt_dir).rglob("*")):
+        if path.is_file() and (path.suffix == ".ckpt" or path.name == FINAL_STATE):
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
 
 
 def _check_stage_identity(ckpt_dir: Path, init_state: Mapping[str, torch.Tensor],
