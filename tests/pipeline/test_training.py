@@ -59,11 +59,47 @@ def test_joint_and_sequential(tmp_path, tiny_loaded):
     first = read_summary(tmp_path / "seq" / "00_digits")
     second = read_summary(tmp_path / "seq" / "01_fashion_mnist")
     assert first["tasks"] == ["digits"] and second["tasks"] == ["fashion_mnist"] and second["steps"] == 20
-    from pactmerge.fileio import load_state_dict
-
-    stage0 = load_state_dict(tmp_path / "seq" / "00_digits" / "final.safetensors")
-    assert not torch.equal(stage0["conv1.weight"], seq["conv1.weight"])
     assert not torch.equal(joint["conv1.weight"], seq["conv1.weight"])
+    # only the chain's newest state stays on disk: stage 0's weights went once stage 1 finished,
+    # and stage 1 keeps its final state (what a rerun returns) but no Lightning checkpoint
+    files = sorted(p.relative_to(tmp_path / "seq").as_posix() for p in (tmp_path / "seq").rglob("*")
+                   if p.suffix in (".ckpt", ".safetensors"))
+    assert files == ["01_fashion_mnist/final.safetensors"]
+    from pactmerge.checkpoints import state_sha256
+
+    # stage 1 started from stage 0's result: the individual fit of digits under the same recipe
+    digits = fit_individual(tiny_loaded, {"digits": heads["digits"]}, mods[0], small_recipe(max_steps=20),
+                            ckpt_dir=tmp_path / "digits", trainer_kwargs=CPU)
+    stage1 = json.loads((tmp_path / "seq" / "01_fashion_mnist" / "stage.json").read_text())
+    assert stage1["init_sha256"] == state_sha256(digits)
+    again = fit_sequential(tiny_loaded, heads, ArraySchedule(mods), small_recipe(max_steps=20),
+                           ckpt_dir=tmp_path / "seq", trainer_kwargs=CPU)
+    assert all(torch.equal(again[k], seq[k]) for k in seq)
+
+
+def test_sequential_killed_in_its_second_stage_resumes_to_the_same_encoder(tmp_path, tiny_loaded):
+    tasks = ["digits", "fashion_mnist"]
+    mods = [ArrayTaskDataModule(t, n_train=256, n_val=100) for t in tasks]
+    heads = build_heads(tiny_loaded, [task_info(t) for t in tasks])
+    recipe = small_recipe(max_steps=12, ckpt_every_n_steps=4, final_validation=False)
+    ref = fit_sequential(tiny_loaded, heads, ArraySchedule(mods), recipe, ckpt_dir=tmp_path / "ref",
+                         trainer_kwargs=CPU)
+
+    class _BoomInSecond(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if module.tasks == ["fashion_mnist"] and trainer.global_step == 9:
+                raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_sequential(tiny_loaded, heads, ArraySchedule(mods), recipe, ckpt_dir=tmp_path / "run",
+                       trainer_kwargs=CPU, callbacks=[_BoomInSecond()])
+    # stage 0 finished (kept: stage 1 starts from it), stage 1 has its step-8 checkpoint
+    assert (tmp_path / "run" / "00_digits" / "final.safetensors").is_file()
+    assert torch.load(tmp_path / "run" / "01_fashion_mnist" / "last.ckpt", weights_only=False)["global_step"] == 8
+    resumed = fit_sequential(tiny_loaded, heads, ArraySchedule(mods), recipe, ckpt_dir=tmp_path / "run",
+                             trainer_kwargs=CPU)
+    assert all(torch.equal(ref[k], resumed[k]) for k in ref)
+    assert not (tmp_path / "run" / "00_digits" / "final.safetensors").exists()
 
 
 class _Boom(pl.Callback):

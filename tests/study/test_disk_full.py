@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
-import yaml
-from conftest import tiny_study_config
 
 from pactmerge.cli import main
 from pactmerge.pipeline import study
@@ -35,17 +32,9 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _config(tmp_path: Path, run: Path) -> Path:
-    cfg = tiny_study_config(tmp_path)
-    cfg["output_dir"] = str(run)
-    path = tmp_path / f"{run.parent.name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def test_full_disk_fails_clearly_and_a_rerun_with_room_finishes(tmp_path, small_disk, capsys):
+def test_full_disk_fails_clearly_and_a_rerun_with_room_finishes(tmp_path, small_disk, tiny_config, capsys):
     run = small_disk / "run"
-    assert main(["run", str(_config(tmp_path, run))]) == 2
+    assert main(["run", str(tiny_config(output_dir=str(run)))]) == 2
     err = capsys.readouterr().err
     assert "pactmerge run: error: No space left on device" in err and "rerun to continue" in err, err[-2000:]
     log = (run / "log.txt").read_text()
@@ -62,9 +51,9 @@ def test_full_disk_fails_clearly_and_a_rerun_with_room_finishes(tmp_path, small_
 
     # more room: the rerun continues from what was kept and gives the table of an unhindered run
     subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
-    assert main(["run", str(_config(tmp_path, run))]) == 0
-    reference = tmp_path / "roomy" / "run"
-    assert main(["run", str(_config(tmp_path, reference))]) == 0
+    assert main(["run", str(tiny_config(output_dir=str(run)))]) == 0
+    reference = tmp_path / "roomy"
+    assert main(["run", str(tiny_config(output_dir=str(reference)))]) == 0
     assert (run / "results.csv").read_text() == (reference / "results.csv").read_text()
 
 

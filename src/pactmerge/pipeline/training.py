@@ -281,12 +281,29 @@ def fit_sequential(loaded: Any, heads: Mapping[str, torch.Tensor], schedule: Any
                    ckpt_dir: str | Path, trainer_kwargs: Mapping[str, Any] | None = None,
                    callbacks: list[pl.Callback] | None = None) -> dict[str, torch.Tensor]:
     """Fine-tune on the schedule's tasks one after another, each stage from the previous result
-    with a fresh optimizer and LR schedule. Stage ``i`` lives in ``ckpt_dir/<i>_<task>``, so a
-    rerun skips finished stages and resumes the interrupted one."""
-    state = loaded.encoder_state()
-    for i, (task, dm) in enumerate(sequential_stages(schedule)):
+    with a fresh optimizer and LR schedule. Stage ``i`` lives in ``ckpt_dir/<i>_<task>``; a rerun
+    starts from the last finished stage and resumes the interrupted one.
+
+    Only the chain's newest finished state is kept on disk: once stage ``i`` has finished, its
+    Lightning checkpoints and stage ``i-1``'s weights files are removed (``prune_fit_dir``; logs and
+    summaries stay), so a chain of many tasks holds one fit's files at a time.
+    """
+    from pactmerge.pipeline.preemption import global_rank
+
+    stages = sequential_stages(schedule)
+    dirs = [Path(ckpt_dir) / f"{i:02d}_{task}" for i, (task, _) in enumerate(stages)]
+    done = max((i for i, d in enumerate(dirs) if (d / FINAL_STATE).is_file()), default=-1)
+    if done >= 0:
+        log.info("sequential: stages 0-%d already finished; continuing from %s", done, dirs[done])
+    state = load_state_dict(dirs[done] / FINAL_STATE) if done >= 0 else loaded.encoder_state()
+    for i in range(done + 1, len(stages)):
+        task, dm = stages[i]
         log.debug("sequential stage %d: %s", i, task)
-        state = fit_stage(state, loaded, _select(heads, [task]), dm, recipe,
-                          ckpt_dir=Path(ckpt_dir) / f"{i:02d}_{task}", trainer_kwargs=trainer_kwargs,
-                          callbacks=callbacks)
+        state = fit_stage(state, loaded, _select(heads, [task]), dm, recipe, ckpt_dir=dirs[i],
+                          trainer_kwargs=trainer_kwargs, callbacks=callbacks)
+        if global_rank() == 0:  # fit_stage ended at a barrier: every rank has finished stage i
+            for path in (dirs[i - 1],) if i else ():
+                prune_fit_dir(path)
+            for path in dirs[i].glob("*.ckpt"):
+                path.unlink()
     return state
