@@ -11,28 +11,32 @@ HELP = "run one fine-tuning stage of a study (one job of a job array)"
 
 def add_arguments(parser):
     add_config_arguments(parser)
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--task", action="append", help="fine-tune on this task alone (repeatable)")
-    which.add_argument("--all", action="store_true", help="every task of the config, one after another")
+    which = parser.add_argument_group("what to fit (one or more; in the order joint, sequential, tasks)")
+    tasks = which.add_mutually_exclusive_group()
+    tasks.add_argument("--task", action="append", help="fine-tune on this task alone (repeatable)")
+    tasks.add_argument("--all", action="store_true", help="every task of the config, one after another")
     which.add_argument("--joint", action="store_true", help="joint multi-task fine-tuning")
     which.add_argument("--sequential", action="store_true", help="sequential fine-tuning in the configured order")
 
 
 def run(args):
+    from pactmerge.errors import ConfigError
     from pactmerge.pipeline import stages
 
     from pactmerge.pipeline.rundir import verify_stored
 
-    # one job of an array opens the data of its own task only
-    ctx = open_context(args, tasks=args.task if args.task else None)
-    targets = (["joint"] if args.joint else ["sequential"] if args.sequential else
-               [f"finetuned/{ctx.task_key(t)}" for t in (ctx.task_keys if args.all else args.task)])
+    if not (args.task or args.all or args.joint or args.sequential):
+        raise ConfigError("say what to fit: --task TASK (repeatable), --all, --joint and/or --sequential")
+    # one job of an array opens the data of its own tasks only
+    only_tasks = args.task if args.task and not (args.joint or args.sequential) else None
+    ctx = open_context(args, tasks=only_tasks)
+    tasks = ctx.task_keys if args.all else [ctx.task_key(t) for t in args.task or []]
+    targets = ["joint"] * args.joint + ["sequential"] * args.sequential + [f"finetuned/{t}" for t in tasks]
     verify_stored(ctx.store, [n for n in targets if ctx.store.has(n)])  # a changed entry is not "done"
     if args.joint:
         stages.finetune_joint(ctx)
-    elif args.sequential:
+    if args.sequential:
         stages.finetune_sequential(ctx)
-    else:
-        for task in (ctx.task_keys if args.all else args.task):
-            stages.finetune_individual(ctx, task)
+    for task in tasks:
+        stages.finetune_individual(ctx, task)
     return 0

@@ -141,13 +141,14 @@ def verify_stored(store: Any, names: Any) -> None:
 
 
 # -- ownership --------------------------------------------------------------------------------------
-def claim(ctx: Any, *, force: bool = False, config_text: str | None = None) -> None:
+def claim(ctx: Any, *, force: bool = False, config_text: str | None = None, quiet: bool = False) -> None:
     """Record ``ctx``'s config (a ``RunContext``) as the owner of its run directory (``run.json``, ``config.yaml``).
 
     A directory of the same config is kept as it is. One of another config is refused
     (``ConfigError`` naming the differing keys) unless ``force``, which moves it aside; one of
     another config that holds no finished stage is moved aside without asking, so a failed
-    attempt never blocks a corrected config.
+    attempt never blocks a corrected config. ``quiet``: a changed environment is logged at debug
+    level only (a study taking the record back from its own worker processes).
     """
     from pactmerge.pipeline.merge_plan import plan_merges
     from pactmerge.provenance import changed_fields, study_record
@@ -163,7 +164,7 @@ def claim(ctx: Any, *, force: bool = False, config_text: str | None = None) -> N
             if isinstance(old, dict):  # a job that opened some tasks' data keeps the others' hashes
                 prov["data_sha256"] = {**(old.get("data_sha256") or {}), **prov["data_sha256"]}
             _update_record(run_dir, {**info, "merges": merges}, prov, changed_fields(old, prov),
-                           rewrite=info.get("merges") != merges)
+                           rewrite=info.get("merges") != merges, quiet=quiet)
             return
         finished = has_finished_stage(run_dir)
         if finished and not force:
@@ -183,15 +184,16 @@ def claim(ctx: Any, *, force: bool = False, config_text: str | None = None) -> N
 
 
 def _update_record(run_dir: Path, info: dict[str, Any], prov: dict[str, Any], changed: list[str], *,
-                   rewrite: bool = False) -> None:
+                   rewrite: bool = False, quiet: bool = False) -> None:
     """A rerun of the same config: finished stages are reused whatever the environment; a changed
     provenance (other versions, devices, thread counts, data) is logged, kept in ``run.json``'s
     ``provenance_history`` and replaced by the current one."""
     if "provenance" in info and not changed and not rewrite:
         return
     if "provenance" in info and changed:
-        log.warning("%s: this rerun's environment differs from the recorded one at %s; finished stages are "
-                    "reused, new ones are computed under the new environment", run_dir, ", ".join(changed[:12]))
+        say = log.debug if quiet else log.warning
+        say("%s: this rerun's environment differs from the recorded one at %s; finished stages are reused, new ones "
+            "are computed under the new environment", run_dir, ", ".join(changed[:12]))
         history = list(info.get("provenance_history") or [])
         history.append({"provenance": info["provenance"], "changed": changed})
         info = {**info, "provenance_history": history}

@@ -57,7 +57,15 @@ def _fit_meta(ckpt_dir: Path) -> dict[str, Any]:
     from pactmerge.pipeline.training import read_summary
 
     summary = read_summary(ckpt_dir) or {}
-    return {"steps": summary.get("steps"), "metrics": {"fit": summary.get("metrics", {})}}
+    return {"steps": summary.get("steps"), "metrics": {"fit": summary.get("metrics", {})}, "threads": _threads()}
+
+
+def _threads() -> int:
+    """This process's torch threads: CPU fits are reproducible for one thread count, so the count is
+    part of a fit's record (``pactmerge run --jobs`` fits with fewer)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _refuse_fit_of_pool(ctx: RunContext, name: str) -> None:
@@ -142,8 +150,8 @@ def finetune_sequential(ctx: RunContext) -> bool:
                            trainer_kwargs=ctx.trainer_kwargs())
     if _rank() != 0:  # a DDP fit: rank 0 alone writes the store entry
         return True
-    _store_fit(ctx, "sequential", state, {"kind": "sequential", "order": order,
-                                          "recipe": ctx.cfg.recipe.to_dict()}, ckpt_dir)
+    _store_fit(ctx, "sequential", state, {"kind": "sequential", "order": order, "recipe": ctx.cfg.recipe.to_dict(),
+                                          "threads": _threads()}, ckpt_dir)
     return True
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from pactmerge.fileio import write_json_atomic
 from pactmerge.pipeline import merge_plan, merge_stage, stages
@@ -83,8 +83,15 @@ def record_timing(ctx: RunContext, name: str, seconds: float) -> None:
     write_json_atomic(path, data)
 
 
-def run_study(ctx: RunContext) -> str:
-    """Every stage in order, skipping finished ones, then the report; returns the Markdown results table."""
+def run_study(ctx: RunContext, *, jobs: int = 1, config_argv: Sequence[str] = ()) -> str:
+    """Every stage in order, skipping finished ones, then the report; returns the Markdown results table.
+
+    ``jobs`` > 1 runs the fine-tunes in that many ``pactmerge finetune`` processes side by side
+    (``pipeline.jobs``; ``config_argv``: the config path and options they are started with), timed as
+    the stage ``finetune_jobs``."""
+    from pactmerge.pipeline import jobs as fit_jobs
+
+    fit_jobs.check_jobs(ctx, jobs)
     t_start = time.perf_counter()
     for name, thunk in stage_plan(ctx):
         t0 = time.perf_counter()
@@ -96,6 +103,11 @@ def run_study(ctx: RunContext) -> str:
             log.info("stage %s: already done", name)
         if name == "prepare":
             check_disk(ctx)
+            if jobs > 1:
+                t0 = time.perf_counter()
+                if fit_jobs.run_jobs(ctx, jobs, config_argv):
+                    record_timing(ctx, "finetune_jobs", time.perf_counter() - t0)
+                    claim(ctx, quiet=True)  # the workers recorded their own environment: this process's again
     t0 = time.perf_counter()
     table = stages.report(ctx)
     log.info("stage report finished in %.1f s; study finished in %.1f s", time.perf_counter() - t0,

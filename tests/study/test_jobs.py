@@ -1,0 +1,85 @@
+"""``pactmerge run --jobs N``: the fine-tunes in N worker processes, the rest of the study here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pactmerge.cli import main
+from pactmerge.pipeline.jobs import plan, threads_per_job
+
+
+def test_plan_gives_the_longest_fits_first_to_the_least_loaded_worker():
+    fits = [(["--task", "a"], 60), (["--task", "b"], 60), (["--joint"], 240), (["--sequential"], 240),
+            (["--task", "c"], 60), (["--task", "d"], 60)]
+    # joint -> 0 (240), sequential -> 1 (240), a -> 0 (tie: the lower worker), b -> 1, c -> 0, d -> 1: 360 each
+    assert plan(fits, 2) == [["--joint", "--task", "a", "--task", "c"], ["--sequential", "--task", "b", "--task", "d"]]
+    # three workers: 240 | 240 | 60 x 4
+    assert plan(fits, 3) == [["--joint"], ["--sequential"], ["--task", "a", "--task", "b", "--task", "c", "--task", "d"]]
+    assert plan(fits[:1], 4) == [["--task", "a"]]  # idle workers are not started
+    assert plan([], 2) == []
+
+
+def _entries(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())["entries"]
+
+
+@pytest.mark.slow
+def test_jobs_fit_what_one_process_fits_at_the_same_thread_count(tiny_config, tmp_path, capsys):
+    threads = threads_per_job(2)
+    par, ser = tmp_path / "par", tmp_path / "ser"
+    assert main(["run", str(tiny_config()), "--output-dir", str(par), "--jobs", "2"]) == 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # one process with the workers' thread count
+    try:
+        assert main(["run", str(tiny_config()), "--output-dir", str(ser)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    a, b = _entries(par), _entries(ser)
+    assert set(a) == set(b)
+    for name in ("finetuned/digits", "finetuned/faces", "joint", "sequential"):
+        assert a[name]["sha256"] == b[name]["sha256"], name
+        assert a[name]["threads"] == threads, name
+    assert (par / "results.csv").read_text() == (ser / "results.csv").read_text()
+    # two workers, each with its log; the stage is timed as a whole; the study records this
+    # process's environment, not the workers'
+    logs = sorted(p.name for p in (par / "logs" / "jobs").iterdir())
+    assert logs == ["worker-0.log", "worker-1.log"]
+    assert "finetune_jobs" in json.loads((par / "timings.json").read_text())["stages"]
+    prov = json.loads((par / "run.json").read_text())["provenance"]
+    assert prov["environment"]["threads"]["torch_intra_op"] == before
+    # a rerun finds every fit stored: no worker is started
+    (par / "logs" / "jobs" / "worker-0.log").unlink()
+    assert main(["run", str(tiny_config()), "--output-dir", str(par), "--jobs", "2"]) == 0
+    assert not (par / "logs" / "jobs" / "worker-0.log").exists()
+    assert _entries(par)["joint"]["sha256"] == a["joint"]["sha256"]
+
+
+@pytest.mark.slow
+def test_a_failed_worker_is_named_with_its_log_and_the_other_fits_are_kept(tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    fit_dir = run / "lightning" / "finetuned" / "digits"
+    fit_dir.mkdir(parents=True)
+    (fit_dir / "last.ckpt").write_bytes(b"not a checkpoint")  # the digits fit cannot resume from this
+    assert main(["run", str(tiny_config()), "--output-dir", str(run), "--jobs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 fine-tuning processes failed" in err and "--task digits" in err, err[-3000:]
+    assert str(run / "logs" / "jobs") in err and "last.ckpt" in err
+    entries = _entries(run)
+    assert "finetuned/digits" not in entries
+    assert {"joint", "sequential"} <= set(entries)  # the other worker's fits are stored
+
+
+def test_jobs_is_refused_where_it_cannot_apply(tiny_config, capsys):
+    assert main(["run", str(tiny_config()), "--jobs", "2", "--set", "seeds=[0,1]"]) == 2
+    assert "--jobs runs the fine-tunes of one study" in capsys.readouterr().err
+    assert main(["run", str(tiny_config()), "--jobs", "2", "--set", "cluster.devices=2",
+                 "--set", "cluster.strategy=ddp"]) == 2
+    assert "runs fits side by side on the CPU" in capsys.readouterr().err
+    assert main(["run", str(tiny_config()), "--jobs", "0"]) == 2
+    assert "give 1 or more worker processes" in capsys.readouterr().err
+    assert main(["finetune", str(tiny_config())]) == 2
+    assert "say what to fit" in capsys.readouterr().err
