@@ -31,6 +31,9 @@ from typing import Any, Iterator
 
 from pactmerge.errors import CheckpointError
 
+# the state of a merged entry whose weights file was removed once it was evaluated (merge.keep_weights:
+# false); its record stays, and pipeline.merge_stage.rebuild_merged makes the weights again
+NOT_KEPT = "not kept"
 MANIFEST = "manifest.json"
 IDENTITY = "identity.json"
 SIDECAR_SUFFIX = ".meta.json"
@@ -109,10 +112,11 @@ def manifest_problem(manifest: Any) -> str | None:
 
 
 def check_entry(root: str | Path, name: str, entry: dict[str, Any], *, verify: bool = True) -> str:
-    """``"ok"``, ``"missing"``, ``"corrupt"`` (sha256 differs from the record) or ``"unchecked"`` (``verify`` off)."""
+    """``"ok"``, ``"missing"``, ``"corrupt"`` (sha256 differs from the record), ``"unchecked"`` (``verify``
+    off) or ``"not kept"`` (a merge whose weights were removed after its evaluation: ``WEIGHTS_NOT_KEPT``)."""
     path = Path(root) / entry["file"]
     if not path.is_file():
-        return "missing"
+        return NOT_KEPT if entry.get("weights") == NOT_KEPT else "missing"
     if not verify:
         return "unchecked"
     return "ok" if sha256_file(path) == entry["sha256"] else "corrupt"
@@ -224,7 +228,7 @@ def drop_corrupt(root: str | Path) -> list[dict[str, str]]:
         manifest = read_manifest(root)
         for name, entry in list(manifest["entries"].items()):
             state = check_entry(root, name, entry)
-            if state == "ok":
+            if state in ("ok", NOT_KEPT):
                 continue
             moved = ""
             for path in (root / entry["file"], sidecar_path(root, name)):

@@ -31,6 +31,7 @@ import torch
 from pactmerge.checkpoints.manifest import (
     IDENTITY,
     MANIFEST,
+    NOT_KEPT,
     NAME_RE,
     ManifestError,
     kind_of,
@@ -152,7 +153,25 @@ class CheckpointStore:
         return path
 
     def has(self, name: str) -> bool:
-        return name in self.manifest["entries"] and self.path(name).is_file()
+        entry = self.manifest["entries"].get(name)
+        return entry is not None and (self.path(name).is_file() or entry.get("weights") == NOT_KEPT)
+
+    def weights_kept(self, name: str) -> bool:
+        """Whether entry ``name``'s weights file is kept (``drop_weights`` removes a merge's)."""
+        return self.entry(name).get("weights") != NOT_KEPT
+
+    def drop_weights(self, name: str) -> int:
+        """Remove entry ``name``'s weights file, keeping its record (sha256 and all) marked ``weights: "not
+        kept"``: ``has`` stays true, ``load_state`` names the way back. Returns the bytes freed."""
+        path = self.path(name)
+        with self._edit() as manifest:
+            if name not in manifest["entries"]:
+                raise CheckpointError(f"{self.root}: no checkpoint {name!r}")
+            manifest["entries"][name]["weights"] = NOT_KEPT
+            write_json_atomic(sidecar_path(self.root, name), {"name": name, **manifest["entries"][name]})
+        size = path.stat().st_size if path.is_file() else 0
+        path.unlink(missing_ok=True)
+        return size
 
     def entry(self, name: str) -> dict[str, Any]:
         try:
@@ -175,6 +194,10 @@ class CheckpointStore:
         """Load a state dict after checking its sha256 against the manifest."""
         entry = self.entry(name)
         path = self.root / entry["file"]
+        if not path.is_file() and entry.get("weights") == NOT_KEPT:
+            raise CheckpointError(f"{name}: its weights were not kept after its evaluation (merge.keep_weights: "
+                                  f"false); `pactmerge export --store {self.root} --name {name} --format open_clip --out FILE` makes "
+                                  "them again from the stored fine-tunes")
         if not path.is_file():
             raise CheckpointError(f"{path}: listed in the manifest as {name!r} but missing; rerun its stage")
         actual = sha256_file(path)

@@ -41,7 +41,14 @@ class ModelSource:
         from pactmerge.interop.files import encoder_state
 
         store = self.require_store(f"the store entry {name!r}")
-        return encoder_state(store.load_state(name), source=f"{self.store_dir}:{name}")[0]
+        if store.has(name) and not store.weights_kept(name):  # a merge evaluated, then not kept: made again
+            from pactmerge.pipeline.context import open_run_dir
+            from pactmerge.pipeline.merge_stage import rebuild_merged
+
+            state = rebuild_merged(open_run_dir(self.store_dir), name)
+        else:
+            state = store.load_state(name)
+        return encoder_state(state, source=f"{self.store_dir}:{name}")[0]
 
     def read_file(self, path: str | Path) -> tuple[dict[str, Any], str]:
         """(state, the layout it was read in) of an encoder file."""

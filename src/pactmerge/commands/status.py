@@ -129,11 +129,11 @@ def _stage_state(rows: list[dict[str, Any]]) -> str:
     states = [r["state"] for r in rows]
     if any(s in ("corrupt", "missing") for s in states):
         return "corrupt"
-    if all(s in ("ok", "unchecked") for s in states):
+    if all(s in ("ok", "unchecked", "not kept") for s in states):
         return "done"
     if any(r.get("fit") == "interrupted" for r in rows):
         return "interrupted"
-    done = sum(s in ("ok", "unchecked") for s in states)
+    done = sum(s in ("ok", "unchecked", "not kept") for s in states)
     return f"to do ({done} of {len(rows)} done)" if done else "to do"
 
 

@@ -90,6 +90,10 @@ class MergeConfig:
     # precision of every evaluation's forward pass (pipeline.evaluate): "auto" (bf16 on CUDA and on
     # CPUs with native bf16 instructions, float32 elsewhere), "32" or "bf16"
     eval_precision: Literal["auto", "32", "bf16"] = "auto"
+    # keep each merged encoder's weights file (true), or remove it once the evaluate stage has its
+    # test predictions (false: a study of many merges of a large model keeps one file per fine-tune
+    # only; `pactmerge export` makes a merge's weights again from the fine-tunes and its α)
+    keep_weights: bool = True
     adamerging: AdaMergingConfig = field(default_factory=AdaMergingConfig)
 
 
@@ -149,6 +153,7 @@ class RunConfig:
         for k in ("num_workers", "eval_batch_size", "cache_dir"):
             d["data"].pop(k, None)
         d["merge"].pop("device", None)
+        d["merge"].pop("keep_weights", None)  # what is kept on disk, not what is computed
         return d
 
     def identity_hash(self) -> str:

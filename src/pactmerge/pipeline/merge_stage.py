@@ -21,7 +21,9 @@ and the ``MergeCallback``. In order:
    evaluation goes through the study's one evaluation path (``ctx.evaluator()``), which keeps
    each split's finished inputs after their first pass. ``fixed`` and single-point grids
    evaluate one α on the whole splits.
-5. **Store**: the merged encoder as ``merged/<id>``, its entry recording the resolved method
+5. **Store**: the merged encoder as ``merged/<id>`` (with ``merge.keep_weights: false`` it is
+   evaluated on the test splits at once, as the evaluate stage would, and its weights file removed;
+   ``rebuild_merged`` makes it again), its entry recording the resolved method
    parameters (``params``) and PACT parameters (``pact_params``) separately, α, the search
    (``alpha_search``: the ``AlphaSearch.record`` form), the validation score (``metrics.val_avg``)
    and timings; the core's diagnostics go to ``diagnostics/<id>.json``.
@@ -212,8 +214,55 @@ def _build_one(ctx: Any, planned: PlannedMerge, inputs: MergeInputs, cache: Any)
         "timings": {"merge_s": merge_s, "alpha_s": alpha_s, **res.timings},
     }
     store.save_state(f"merged/{planned.id}", merged, meta)
+    if not ctx.cfg.merge.keep_weights:  # test it now, while its weights are at hand, then drop them
+        from pactmerge.pipeline.stages import drop_merged_weights, evaluate_entry
+
+        evaluate_entry(ctx, f"merged/{planned.id}", ctx.task_keys, merged)
+        drop_merged_weights(ctx, f"merged/{planned.id}")
     log.info("merged %s: alpha=%.2f of [%g, %g]%s%s (%d evaluations), val avg %.2f%%, %.1f s", planned.id,
              search.chosen, *search.range, ", widened" if search.widened else "",
              ", at its hard bound" if search.at_limit else "", search.evaluations, 100 * search.score,
              merge_s + alpha_s)
     return store.entry(f"merged/{planned.id}")
+
+
+# -- merges whose weights were not kept (merge.keep_weights: false) ---------------------------------------
+def rebuildable(ctx: Any, name: str) -> bool:
+    """Whether ``merged/<id>`` is one of the study's planned merges (not an AdaMerging entry, whose
+    coefficients were trained): the merges whose weights ``rebuild_merged`` can make again."""
+    return name.startswith("merged/") and name.split("/", 1)[1] in {p.id for p in plan_merges(ctx.cfg.merge)}
+
+
+def rebuild_merged(ctx: Any, name: str) -> dict[str, Any]:
+    """The weights of ``merged/<id>`` made again: its merge of the stored fine-tunes at its recorded α.
+
+    The bytes are checked against the entry's sha256; another version of a library or a GPU can give
+    other last bits, which is logged (the rebuilt weights are returned all the same)."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    from pactmerge.errors import CheckpointError
+
+    if not rebuildable(ctx, name):
+        raise CheckpointError(f"{name}: not one of this study's planned merges, so its weights cannot be made again")
+    planned = {p.id: p for p in plan_merges(ctx.cfg.merge)}[name.split("/", 1)[1]]
+    entry = ctx.store.entry(name)
+    inputs = check_inputs(ctx)
+    state = merge_planned(ctx, planned, inputs).apply(inputs.pretrained, float(entry["alpha"]))
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    digest = hashlib.sha256(save(flat, metadata={"pactmerge_name": name})).hexdigest()
+    if digest != entry["sha256"]:
+        log.warning("%s: the weights made again differ from the recorded ones in the last bits (sha256 %s..., "
+                    "recorded %s...): another library version or device than the run's", name, digest[:12],
+                    entry["sha256"][:12])
+    else:
+        log.info("%s: weights made again from the fine-tunes at alpha %g (sha256 as recorded)", name, entry["alpha"])
+    return flat
+
+
+def load_entry_state(ctx: Any, name: str) -> dict[str, Any]:
+    """Entry ``name``'s weights: from its file, or made again when they were not kept."""
+    if ctx.store.weights_kept(name):
+        return ctx.store.load_state(name)
+    return rebuild_merged(ctx, name)

@@ -177,25 +177,41 @@ def evaluate(ctx: RunContext) -> bool:
     evaluation path (``ctx.predictions``): the predictions per example go to
     ``RUN_DIR/predictions/<entry>.npz`` (``pipeline.evaluate.load_predictions``), the accuracies
     to the entry's ``metrics.test``. An entry with both is skipped."""
-    from pactmerge.pipeline.evaluate import accuracy, predictions_path, save_predictions
+    from pactmerge.pipeline.merge_stage import rebuildable
 
     prepare(ctx)
     did = False
+    drop = not ctx.cfg.merge.keep_weights
     for name, tasks in evaluation_plan(ctx):
         if not ctx.store.has(name):
             raise StageError(f"evaluate needs {name!r}; run `pactmerge {_missing_stage(name)} ...` "
                              "(or `pactmerge run CONFIG`) first")
-        entry = ctx.store.entry(name)
-        metrics = dict(entry.get("metrics") or {})
-        if all(t in metrics.get("test", {}) for t in tasks) and predictions_path(ctx.run_dir, name).is_file():
-            continue
-        log.info("evaluating %s on %s", name, ", ".join(tasks))
-        preds = ctx.predictions(ctx.store.load_state(name), tasks, split="test")
-        save_predictions(ctx.run_dir, name, preds)
-        metrics["test"] = {t: accuracy(p, y) for t, (p, y) in preds.items()}
-        ctx.store.update_meta(name, metrics=metrics, eval_precision=ctx.evaluator().precision)
-        did = True
+        did = evaluate_entry(ctx, name, tasks) or did
+        if drop and rebuildable(ctx, name) and ctx.store.weights_kept(name):
+            drop_merged_weights(ctx, name)
     return did
+
+
+def evaluate_entry(ctx: RunContext, name: str, tasks: list[str], state: Any = None) -> bool:
+    """Test predictions (``RUN_DIR/predictions/<entry>.npz``) and accuracies (``metrics.test``) of entry
+    ``name`` on ``tasks``, unless it has both; ``state``: its weights when at hand. True when it evaluated."""
+    from pactmerge.pipeline.evaluate import accuracy, predictions_path, save_predictions
+    from pactmerge.pipeline.merge_stage import load_entry_state
+
+    metrics = dict(ctx.store.entry(name).get("metrics") or {})
+    if all(t in metrics.get("test", {}) for t in tasks) and predictions_path(ctx.run_dir, name).is_file():
+        return False
+    log.info("evaluating %s on %s", name, ", ".join(tasks))
+    preds = ctx.predictions(load_entry_state(ctx, name) if state is None else state, tasks, split="test")
+    save_predictions(ctx.run_dir, name, preds)
+    metrics["test"] = {t: accuracy(p, y) for t, (p, y) in preds.items()}
+    ctx.store.update_meta(name, metrics=metrics, eval_precision=ctx.evaluator().precision)
+    return True
+
+
+def drop_merged_weights(ctx: RunContext, name: str) -> None:
+    freed = ctx.store.drop_weights(name)
+    log.info("%s evaluated; its weights file removed (merge.keep_weights: false; %.1f MB)", name, freed / 1e6)
 
 
 def report(ctx: RunContext) -> str:

@@ -123,6 +123,9 @@ def disk_need(ctx: RunContext) -> int:
     names = [n for _, entries in merge_plan.stage_entries(ctx.cfg, ctx.task_keys) for n in entries]
     todo = [n for n in names if not n.startswith("heads/") and not ctx.store.has(n)]
     fits = ctx.cfg.pool is None and any(n.startswith("finetuned/") or n in merge_plan.COMPARISONS for n in todo)
+    if not ctx.cfg.merge.keep_weights:  # one merge's weights at a time (AdaMerging's are kept)
+        merges = [n for n in todo if merge_stage.rebuildable(ctx, n)]
+        todo = [n for n in todo if n not in merges] + merges[:1]
     return size * (len(todo) + (4 if fits else 0))
 
 
