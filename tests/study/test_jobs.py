@@ -1,4 +1,4 @@
-"""``pactmerge run --jobs N``: the fine-tunes in N worker processes, the rest of the study here."""
+"""``pactmerge run --jobs N``: the fine-tunes, then the merges, in N worker processes; the rest here."""
 
 from __future__ import annotations
 
@@ -43,18 +43,21 @@ def test_jobs_fit_what_one_process_fits_at_the_same_thread_count(tiny_config, tm
     for name in ("finetuned/digits", "finetuned/faces", "joint", "sequential"):
         assert a[name]["sha256"] == b[name]["sha256"], name
         assert a[name]["threads"] == threads, name
+    for name in [n for n in a if n.startswith("merged/")]:  # built by the merge workers
+        assert (a[name]["sha256"], a[name]["alpha"]) == (b[name]["sha256"], b[name]["alpha"]), name
     assert (par / "results.csv").read_text() == (ser / "results.csv").read_text()
     # two workers, each with its log; the stage is timed as a whole; the study records this
     # process's environment, not the workers'
     logs = sorted(p.name for p in (par / "logs" / "jobs").iterdir())
-    assert logs == ["worker-0.log", "worker-1.log"]
-    assert "finetune_jobs" in json.loads((par / "timings.json").read_text())["stages"]
+    assert logs == ["finetune-0.log", "finetune-1.log", "merge-0.log", "merge-1.log"]
+    assert {"finetune_jobs", "merge_jobs"} <= set(json.loads((par / "timings.json").read_text())["stages"])
     prov = json.loads((par / "run.json").read_text())["provenance"]
     assert prov["environment"]["threads"]["torch_intra_op"] == before
-    # a rerun finds every fit stored: no worker is started
-    (par / "logs" / "jobs" / "worker-0.log").unlink()
+    # a rerun finds every fit and merge stored: no worker is started
+    for p in (par / "logs" / "jobs").iterdir():
+        p.unlink()
     assert main(["run", str(tiny_config()), "--output-dir", str(par), "--jobs", "2"]) == 0
-    assert not (par / "logs" / "jobs" / "worker-0.log").exists()
+    assert not list((par / "logs" / "jobs").iterdir())
     assert _entries(par)["joint"]["sha256"] == a["joint"]["sha256"]
 
 
@@ -83,3 +86,17 @@ def test_jobs_is_refused_where_it_cannot_apply(tiny_config, capsys):
     assert "give 1 or more worker processes" in capsys.readouterr().err
     assert main(["finetune", str(tiny_config())]) == 2
     assert "say what to fit" in capsys.readouterr().err
+
+
+def test_merge_only_builds_the_named_merges_and_refuses_unknown_ones(tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = str(tiny_config())
+    assert main(["finetune", cfg, "--output-dir", str(run), "--task", "digits", "--task", "faces"]) == 0
+    assert main(["merge", cfg, "--output-dir", str(run), "--only", "no_such_merge"]) == 2
+    err = capsys.readouterr().err
+    assert "--only no_such_merge" in err and "pact+" in err  # names the planned merges
+    assert not [n for n in _entries(run) if n.startswith("merged/")]
+    planned = json.loads((run / "run.json").read_text())["merges"]
+    one = planned[-1]
+    assert main(["merge", cfg, "--output-dir", str(run), "--only", one]) == 0
+    assert [n for n in _entries(run) if n.startswith("merged/")] == [f"merged/{one}"]

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     study = parser.add_argument_group("study mode: the merge stage of a run config (pactmerge merge CONFIG)")
     add_config_arguments(study)
+    study.add_argument("--only", metavar="ID", action="append", default=[],
+                       help="build only this planned merge, e.g. pact+tsvm (repeatable; default: every one)")
     io = parser.add_argument_group("file mode: inputs and output")
     io.add_argument("--pretrained", metavar="FILE", help="pre-trained encoder weights (safetensors or torch file)")
     io.add_argument("--finetuned", metavar="FILE", nargs="*", default=None, help="fine-tuned encoder weights, one per task")
@@ -83,9 +85,18 @@ def _run_study_stage(args: argparse.Namespace) -> int:
         raise ConfigError("give either a run CONFIG (study mode) or --pretrained/--finetuned/--out (file mode), not both")
     _refuse_weights_as_config(Path(args.config))
     from pactmerge.commands._study import open_context
-    from pactmerge.pipeline.merge_stage import run_merge_stage
+    from pactmerge.pipeline.merge_stage import plan_merges, run_merge_stage
 
-    results = run_merge_stage(open_context(args))
+    ctx = open_context(args)
+    merges = None
+    if args.only:
+        planned = {p.id: p for p in plan_merges(ctx.cfg.merge)}
+        unknown = [i for i in args.only if i not in planned]
+        if unknown:
+            raise ConfigError(f"--only {', '.join(unknown)}: not a merge of this config; its merges: "
+                              + ", ".join(planned))
+        merges = [planned[i] for i in dict.fromkeys(args.only)]
+    results = run_merge_stage(ctx, merges)
     for mid, entry in results.items():  # test accuracy: `pactmerge evaluate CONFIG`
         val = entry.get("metrics", {}).get("val_avg")
         show(f"{mid:28s} alpha={entry.get('alpha')}  validation avg "

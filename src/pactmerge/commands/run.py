@@ -14,9 +14,10 @@ def add_arguments(parser):
                         help="seed replicates: run the whole study once per seed, each in OUTPUT_DIR/seed-<s>/, "
                              "and report mean ± std over seeds (sets the config's seeds)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="run the fine-tunes in N processes side by side on the CPU, each with an Nth of the "
-                             "threads (faster for small models on many cores; fits differ from --jobs 1 as a "
-                             "different thread count makes them, each reproducible); the rest runs here")
+                        help="run the fine-tunes, then the merges, in N processes side by side on the CPU, each "
+                             "with an Nth of the threads (faster for small models on many cores; fits differ from "
+                             "--jobs 1 as a different thread count makes them, each reproducible); evaluation and "
+                             "the report run here")
 
 
 def _seed_list(text: str) -> list[int]:
@@ -93,7 +94,9 @@ def run(args):
 
 def _config_argv(args) -> list[str]:
     """The config path and options of this command, for the worker processes of ``--jobs``."""
-    argv = [args.config] if args.config else []
+    from pactmerge.pipeline.config import DEFAULT_CONFIG
+
+    argv = [args.config or str(DEFAULT_CONFIG)]
     for o in args.overrides:
         argv += ["--set", o]
     return argv + (["--output-dir", args.output_dir] if args.output_dir else [])

@@ -1,4 +1,4 @@
-"""``pactmerge run --jobs N``: a study's fine-tunes in N processes side by side on the CPU.
+"""``pactmerge run --jobs N``: a study's fine-tunes, then its merges, in N processes side by side on the CPU.
 
 The fits of a study (one per task, joint, sequential) are independent of each other. A small
 model on a CPU uses its cores poorly inside one fit (on 2 cores, EfficientNet-Lite0 at 64x64
@@ -10,7 +10,9 @@ finds the fits done.
 
 What the workers do (``plan``): the pending fits, longest first, each given to the worker with
 the fewest steps so far (a joint fit counts ``comparisons.joint_steps`` steps, a sequential one
-``recipe.max_steps`` per task). Each worker's output goes to ``RUN_DIR/logs/jobs/worker-<i>.log``.
+``recipe.max_steps`` per task). Then the merge stage's pending merges, dealt out in the plan's
+order to ``pactmerge merge --only`` workers (``run_merge_jobs``). Each worker's output goes to
+``RUN_DIR/logs/jobs/<command>-<i>.log``; evaluation and the report run in the calling process.
 
 A fit's result depends on the thread count it ran with (CPU kernels are deterministic for one
 thread count, not across counts), so ``--jobs 2`` gives other fine-tunes than ``--jobs 1``,
@@ -89,33 +91,57 @@ def check_jobs(ctx: Any, jobs: int) -> None:
                           "Drop --jobs (a GPU fit uses the device alone), or run a job array (`pactmerge slurm`)")
 
 
-def run_jobs(ctx: Any, jobs: int, config_argv: Sequence[str]) -> bool:
+def run_fit_jobs(ctx: Any, jobs: int, config_argv: Sequence[str]) -> bool:
     """Run the pending fits of ``ctx`` in ``jobs`` ``pactmerge finetune`` processes and wait for them;
     True when there was something to fit. ``config_argv``: the config path and ``--set`` options the
-    study was started with (the workers add ``--output-dir``). A failed worker is named with its log
-    after the others finish; the fits that finished stay stored."""
+    study was started with (and ``--output-dir`` when it was given). A failed worker is named with its
+    log after the others finish; the fits that finished stay stored."""
     pending = _pending(ctx)
     if not pending:
         return False
     workers = plan([(args, steps) for _, args, steps in pending], jobs)
+    _run_workers(ctx, "finetune", workers, [name for name, _, _ in pending], config_argv, "fine-tuning")
+    return True
+
+
+def run_merge_jobs(ctx: Any, jobs: int, config_argv: Sequence[str]) -> bool:
+    """The merge stage's pending merges in ``jobs`` ``pactmerge merge --only`` processes, dealt out in the
+    plan's order (so each worker gets its share of every kind); True when there was something to merge.
+
+    The α searches evaluate with single-threaded kernels that give the same features as two threads
+    here, and each matrix of a merge is decomposed single-threaded either way, so the merges are
+    those of the one-process stage."""
+    from pactmerge.pipeline.merge_plan import plan_merges
+
+    pending = [p.id for p in plan_merges(ctx.cfg.merge) if not ctx.store.has(f"merged/{p.id}")]
+    if not pending:
+        return False
+    workers = [[a for i in pending[w::jobs] for a in ("--only", i)] for w in range(min(jobs, len(pending)))]
+    _run_workers(ctx, "merge", workers, [f"merged/{i}" for i in pending], config_argv, "merging")
+    return True
+
+
+def _run_workers(ctx: Any, command: str, workers: list[list[str]], names: list[str], config_argv: Sequence[str],
+                 what: str) -> None:
+    """``pactmerge COMMAND CONFIG_ARGV WORKER_ARGS`` for each worker, side by side, each with an equal share of
+    this process's threads; waits, logging each of ``names`` as it reaches the store."""
     threads = threads_per_job(len(workers))
     log_dir = ctx.run_dir / LOG_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     procs: list[tuple[subprocess.Popen, Path, list[str]]] = []
-    log.info("fine-tuning in %d processes of %d thread%s each (logs: %s)", len(workers), threads,
+    log.info("%s in %d processes of %d thread%s each (logs: %s)", what, len(workers), threads,
              "" if threads == 1 else "s", log_dir)
     t0 = time.perf_counter()
     try:
-        for i, fit_args in enumerate(workers):
-            path = log_dir / f"worker-{i}.log"
-            argv = [sys.executable, "-m", "pactmerge", "finetune", *config_argv, "--output-dir", str(ctx.run_dir),
-                    *fit_args]
+        for i, args in enumerate(workers):
+            path = log_dir / f"{command}-{i}.log"
+            argv = [sys.executable, "-m", "pactmerge", command, *config_argv, *args]
             with open(path, "w") as out:
-                procs.append((subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env), path, fit_args))
-            log.info("worker %d: %s", i, " ".join(fit_args))
-        codes = _wait(ctx, [p for p, _, _ in procs], [name for name, _, _ in pending], t0)
-    except BaseException:  # an interrupt or an error here: the workers go too (their finished fits stay)
+                procs.append((subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env), path, args))
+            log.info("%s worker %d: %s", command, i, " ".join(args))
+        codes = _wait(ctx, [p for p, _, _ in procs], names, t0)
+    except BaseException:  # an interrupt or an error here: the workers go too (their finished work stays)
         for p, _, _ in procs:
             if p.poll() is None:
                 p.terminate()
@@ -125,14 +151,13 @@ def run_jobs(ctx: Any, jobs: int, config_argv: Sequence[str]) -> bool:
     failed = [(path, args, code) for (_, path, args), code in zip(procs, codes) if code != 0]
     if failed:
         tails = "\n".join(f"  {' '.join(a)} (exit {c}), {p}:\n" + _tail(p) for p, a, c in failed)
-        raise StageError(f"{len(failed)} of {len(workers)} fine-tuning processes failed; finished fits are kept, "
+        raise StageError(f"{len(failed)} of {len(workers)} {what} processes failed; finished work is kept, "
                          f"rerun to continue:\n{tails}")
-    log.info("%d fine-tuning processes finished in %.1f s", len(workers), time.perf_counter() - t0)
-    return True
+    log.info("%d %s processes finished in %.1f s", len(workers), what, time.perf_counter() - t0)
 
 
 def _wait(ctx: Any, procs: list[subprocess.Popen], names: list[str], t0: float) -> list[int]:
-    """Wait for ``procs``, logging each fit as it reaches the store; their exit codes."""
+    """Wait for ``procs``, logging each of ``names`` as it reaches the store; their exit codes."""
     waiting = list(names)
     while True:
         running = [p for p in procs if p.poll() is None]
@@ -143,7 +168,7 @@ def _wait(ctx: Any, procs: list[subprocess.Popen], names: list[str], t0: float) 
                 stored = set()
             for name in [n for n in waiting if n in stored]:
                 waiting.remove(name)
-                log.info("%s stored (%d of %d fits, %.0f s)", name, len(names) - len(waiting), len(names),
+                log.info("%s stored (%d of %d, %.0f s)", name, len(names) - len(waiting), len(names),
                          time.perf_counter() - t0)
         if not running:
             return [p.returncode for p in procs]

@@ -86,14 +86,19 @@ def record_timing(ctx: RunContext, name: str, seconds: float) -> None:
 def run_study(ctx: RunContext, *, jobs: int = 1, config_argv: Sequence[str] = ()) -> str:
     """Every stage in order, skipping finished ones, then the report; returns the Markdown results table.
 
-    ``jobs`` > 1 runs the fine-tunes in that many ``pactmerge finetune`` processes side by side
-    (``pipeline.jobs``; ``config_argv``: the config path and options they are started with), timed as
-    the stage ``finetune_jobs``."""
+    ``jobs`` > 1 runs the fine-tunes, then the merges, in that many ``pactmerge finetune`` / ``merge``
+    processes side by side (``pipeline.jobs``; ``config_argv``: the config path and options they are
+    started with), timed as the stages ``finetune_jobs`` and ``merge_jobs``."""
     from pactmerge.pipeline import jobs as fit_jobs
 
     fit_jobs.check_jobs(ctx, jobs)
     t_start = time.perf_counter()
     for name, thunk in stage_plan(ctx):
+        if name == "merge" and jobs > 1:
+            t0 = time.perf_counter()
+            if fit_jobs.run_merge_jobs(ctx, jobs, config_argv):
+                record_timing(ctx, "merge_jobs", time.perf_counter() - t0)
+                claim(ctx, quiet=True)
         t0 = time.perf_counter()
         if thunk():
             seconds = time.perf_counter() - t0
@@ -105,7 +110,7 @@ def run_study(ctx: RunContext, *, jobs: int = 1, config_argv: Sequence[str] = ()
             check_disk(ctx)
             if jobs > 1:
                 t0 = time.perf_counter()
-                if fit_jobs.run_jobs(ctx, jobs, config_argv):
+                if fit_jobs.run_fit_jobs(ctx, jobs, config_argv):
                     record_timing(ctx, "finetune_jobs", time.perf_counter() - t0)
                     claim(ctx, quiet=True)  # the workers recorded their own environment: this process's again
     t0 = time.perf_counter()
