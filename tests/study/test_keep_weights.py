@@ -39,6 +39,10 @@ def test_merges_not_kept_give_the_same_table_and_come_back_on_export(tiny_config
     assert status["finished"] and not status["corrupt"]
     assert main(["run", str(tiny_config(merge__keep_weights=False)), "--output-dir", str(dropped)]) == 0
     assert json.loads((dropped / "manifest.json").read_text())["entries"] == b
+    # a lost manifest is rebuilt with the merges whose weights are not kept, from their sidecars
+    (dropped / "manifest.json").unlink()
+    assert main(["status", "--reindex", str(dropped)]) == 0
+    assert json.loads((dropped / "manifest.json").read_text())["entries"] == b
 
     # the weights come back, equal to the kept ones, through every command that reads a store entry
     store = CheckpointStore(dropped, create=False)

@@ -136,6 +136,22 @@ def store_files(root: str | Path) -> dict[str, Path]:
     return out
 
 
+def not_kept_sidecars(root: str | Path) -> dict[str, dict[str, Any]]:
+    """Entry name -> sidecar of every entry under ``root`` recorded as ``weights: "not kept"``."""
+    root = Path(root)
+    out = {}
+    for path in sorted(root.rglob(f"*{SIDECAR_SUFFIX}")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in _NOT_STORE_DIRS or any(p.startswith(".") for p in rel.parts):
+            continue
+        sidecar = _read_json(path)
+        name = rel.as_posix()[: -len(SIDECAR_SUFFIX)]
+        if (isinstance(sidecar, dict) and sidecar.get("weights") == NOT_KEPT and sidecar.get("name") == name
+                and NAME_RE.match(name) and isinstance(sidecar.get("sha256"), str)):
+            out[name] = sidecar
+    return out
+
+
 def _utc(ts: float | None = None) -> str:
     when = _dt.datetime.now(_dt.timezone.utc) if ts is None else _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
     return when.isoformat(timespec="seconds")
@@ -198,6 +214,10 @@ def reindex(root: str | Path) -> dict[str, Any]:
             entry["task"] = name.split("/", 1)[1]
         entries[name] = entry
         report["partial"].append(name)
+    for name, sidecar in not_kept_sidecars(root).items():
+        if name not in entries and name not in report["left_out"]:  # a merge evaluated, its weights removed
+            entries[name] = {k: v for k, v in sidecar.items() if k != "name"}
+            report["from_sidecar"].append(name)
     identity = _read_json(root / IDENTITY)
     report["identity"] = isinstance(identity, dict)
     with manifest_lock(root):
