@@ -122,32 +122,31 @@ def check_entry(root: str | Path, name: str, entry: dict[str, Any], *, verify: b
     return "ok" if sha256_file(path) == entry["sha256"] else "corrupt"
 
 
-def store_files(root: str | Path) -> dict[str, Path]:
-    """Entry name -> ``.safetensors`` file of every stored checkpoint file under ``root``."""
-    root = Path(root)
+def _store_paths(root: Path, suffix: str) -> dict[str, Path]:
+    """Entry name -> file ``<name><suffix>`` under ``root``, outside the run's other folders and hidden ones."""
     out = {}
-    for path in sorted(root.rglob("*.safetensors")):
+    for path in sorted(root.rglob(f"*{suffix}")):
         rel = path.relative_to(root)
         if rel.parts[0] in _NOT_STORE_DIRS or any(p.startswith(".") for p in rel.parts):
             continue
-        name = rel.with_suffix("").as_posix()
+        name = rel.as_posix()[: -len(suffix)]
         if NAME_RE.match(name):
             out[name] = path
     return out
 
 
+def store_files(root: str | Path) -> dict[str, Path]:
+    """Entry name -> ``.safetensors`` file of every stored checkpoint file under ``root``."""
+    return _store_paths(Path(root), ".safetensors")
+
+
 def not_kept_sidecars(root: str | Path) -> dict[str, dict[str, Any]]:
     """Entry name -> sidecar of every entry under ``root`` recorded as ``weights: "not kept"``."""
-    root = Path(root)
     out = {}
-    for path in sorted(root.rglob(f"*{SIDECAR_SUFFIX}")):
-        rel = path.relative_to(root)
-        if rel.parts[0] in _NOT_STORE_DIRS or any(p.startswith(".") for p in rel.parts):
-            continue
+    for name, path in _store_paths(Path(root), SIDECAR_SUFFIX).items():
         sidecar = _read_json(path)
-        name = rel.as_posix()[: -len(SIDECAR_SUFFIX)]
         if (isinstance(sidecar, dict) and sidecar.get("weights") == NOT_KEPT and sidecar.get("name") == name
-                and NAME_RE.match(name) and isinstance(sidecar.get("sha256"), str)):
+                and isinstance(sidecar.get("sha256"), str)):
             out[name] = sidecar
     return out
 

@@ -85,7 +85,8 @@ def _run_study_stage(args: argparse.Namespace) -> int:
         raise ConfigError("give either a run CONFIG (study mode) or --pretrained/--finetuned/--out (file mode), not both")
     _refuse_weights_as_config(Path(args.config))
     from pactmerge.commands._study import open_context
-    from pactmerge.pipeline.merge_stage import plan_merges, run_merge_stage
+    from pactmerge.pipeline.merge_plan import plan_merges
+    from pactmerge.pipeline.merge_stage import run_merge_stage
 
     ctx = open_context(args)
     merges = None

@@ -107,10 +107,7 @@ def run_fit_jobs(ctx: Any, jobs: int, config_argv: Sequence[str]) -> bool:
 def run_merge_jobs(ctx: Any, jobs: int, config_argv: Sequence[str]) -> bool:
     """The merge stage's pending merges in ``jobs`` ``pactmerge merge --only`` processes, dealt out in the
     plan's order (so each worker gets its share of every kind); True when there was something to merge.
-
-    The α searches evaluate with single-threaded kernels that give the same features as two threads
-    here, and each matrix of a merge is decomposed single-threaded either way, so the merges are
-    those of the one-process stage."""
+    The merges equal those of a one-process merge stage at the workers' thread count."""
     from pactmerge.pipeline.merge_plan import plan_merges
 
     pending = [p.id for p in plan_merges(ctx.cfg.merge) if not ctx.store.has(f"merged/{p.id}")]

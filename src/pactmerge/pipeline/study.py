@@ -89,16 +89,21 @@ def run_study(ctx: RunContext, *, jobs: int = 1, config_argv: Sequence[str] = ()
     ``jobs`` > 1 runs the fine-tunes, then the merges, in that many ``pactmerge finetune`` / ``merge``
     processes side by side (``pipeline.jobs``; ``config_argv``: the config path and options they are
     started with), timed as the stages ``finetune_jobs`` and ``merge_jobs``."""
-    from pactmerge.pipeline import jobs as fit_jobs
+    from pactmerge.pipeline import jobs as workers
 
-    fit_jobs.check_jobs(ctx, jobs)
+    workers.check_jobs(ctx, jobs)
+
+    def in_workers(stage: str, run: Callable[..., bool]) -> None:
+        """``run`` the stage's pending work in the worker processes, timed as ``stage``."""
+        t0 = time.perf_counter()
+        if run(ctx, jobs, config_argv):
+            record_timing(ctx, stage, time.perf_counter() - t0)
+            claim(ctx, quiet=True)  # the workers recorded their own environment: this process's again
+
     t_start = time.perf_counter()
     for name, thunk in stage_plan(ctx):
         if name == "merge" and jobs > 1:
-            t0 = time.perf_counter()
-            if fit_jobs.run_merge_jobs(ctx, jobs, config_argv):
-                record_timing(ctx, "merge_jobs", time.perf_counter() - t0)
-                claim(ctx, quiet=True)
+            in_workers("merge_jobs", workers.run_merge_jobs)
         t0 = time.perf_counter()
         if thunk():
             seconds = time.perf_counter() - t0
@@ -109,10 +114,7 @@ def run_study(ctx: RunContext, *, jobs: int = 1, config_argv: Sequence[str] = ()
         if name == "prepare":
             check_disk(ctx)
             if jobs > 1:
-                t0 = time.perf_counter()
-                if fit_jobs.run_fit_jobs(ctx, jobs, config_argv):
-                    record_timing(ctx, "finetune_jobs", time.perf_counter() - t0)
-                    claim(ctx, quiet=True)  # the workers recorded their own environment: this process's again
+                in_workers("finetune_jobs", workers.run_fit_jobs)
     t0 = time.perf_counter()
     table = stages.report(ctx)
     log.info("stage report finished in %.1f s; study finished in %.1f s", time.perf_counter() - t0,
