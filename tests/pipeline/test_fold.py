@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -97,14 +98,14 @@ def test_same_pad_convolution_equals_timms_conv2d_same():
     kernel; even sizes of a strided convolution, one side or both), and the buffer (dilation)."""
     from timm.layers.conv2d_same import Conv2dSame
 
-    from pactmerge.pipeline.fold import SamePadConv2d
+    from pactmerge.pipeline.fold import FoldedConv2d
 
     gen = torch.Generator().manual_seed(3)
     cases = ((3, 2, (16, 16), 1, 1), (5, 2, (16, 16), 4, 1), (5, 2, (15, 15), 4, 1), (3, 1, (9, 9), 4, 1),
              (3, 2, (7, 7), 4, 1), (3, 2, (16, 15), 4, 1), (4, 2, (9, 9), 1, 1), (3, 1, (9, 10), 4, 2))
     for k, stride, (h, w), groups, dilation in cases:
         ref = Conv2dSame(4, 8, k, stride=stride, dilation=dilation, groups=groups, bias=True)
-        ours = SamePadConv2d(4, 8, k, stride=stride, padding=0, dilation=dilation, groups=groups, bias=True)
+        ours = FoldedConv2d(4, 8, k, stride=stride, padding=0, dilation=dilation, groups=groups, bias=True, same=True)
         ours.load_state_dict(ref.state_dict())
         x = torch.randn(3, 4, h, w, generator=gen)
         for fmt in (torch.contiguous_format, torch.channels_last):
@@ -113,3 +114,65 @@ def test_same_pad_convolution_equals_timms_conv2d_same():
                 got = ours(xf)
                 torch.testing.assert_close(got, ref(xf), rtol=0, atol=1e-5)
             assert got.shape == (3, 8, -(-h // stride), -(-w // stride))
+
+
+def _ops(fn) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("act", [nn.ReLU6(), nn.ReLU(), nn.SiLU(), nn.Hardtanh(-0.5, 0.5), nn.Identity(),
+                                 nn.Sequential(nn.Identity(), nn.ReLU6()), nn.GELU()])
+@pytest.mark.parametrize("same", [False, True])
+def test_fused_convolution_equals_the_convolution_then_its_activation(act, same):
+    """Without gradients on the CPU a folded convolution is one oneDNN call with its activation fused
+    (no separate activation pass runs); its output equals ``F.conv2d`` then the activation (the
+    path with gradients), in float32 and under bf16 autocast, in both memory formats."""
+    from pactmerge.pipeline.fold import FoldedConv2d
+
+    gen = torch.Generator().manual_seed(4)
+    conv = FoldedConv2d(8, 8, 3, stride=2 if same else 1, padding=0 if same else 1, groups=4, bias=True,
+                        same=same, act=act)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+        conv.bias.copy_(torch.randn(8, generator=gen))
+    fusable = not isinstance(act, nn.GELU)
+    assert (conv.post is not None) == fusable
+    x = torch.randn(3, 8, 10, 10, generator=gen)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.contiguous(memory_format=fmt)
+        for bf16 in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                want = conv(xf).detach()  # gradients on: F.conv2d, then act
+                with torch.no_grad():
+                    ops = _ops(lambda: conv(xf))
+                    got = conv(xf)
+            assert got.dtype == want.dtype == (torch.bfloat16 if bf16 else torch.float32)
+            tol = 1e-2 if bf16 else 1e-5
+            torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+            if fusable:
+                assert "mkldnn::_convolution_pointwise" in ops
+                assert not {"aten::hardtanh", "aten::clamp", "aten::relu", "aten::silu"} & ops, ops
+
+
+def test_fused_convolution_follows_a_new_state_under_autocast():
+    """The bf16 weight kept between fused calls is replaced when ``load`` writes a new state."""
+    net = _randomised(_Net())
+    folded = FoldedEncoder(net, torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+
+    def run(module):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return module(x).float()
+
+    first = run(folded.module)
+    other = {k: (v * -0.7 if v.is_floating_point() and not k.endswith("running_var") else v)
+             for k, v in net.state_dict().items()}
+    folded.load(other)
+    fresh = FoldedEncoder(_randomised(_Net()), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)))
+    fresh.load(other)
+    torch.testing.assert_close(run(folded.module), run(fresh.module), rtol=0, atol=0)
+    assert not torch.allclose(run(folded.module), first)

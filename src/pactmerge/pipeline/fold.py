@@ -3,12 +3,13 @@
 In evaluation a BatchNorm that follows a convolution is an affine map per channel, so it can be
 folded into that convolution: ``W' = W · γ/√(σ² + ε)`` and ``b' = β − μ · γ/√(σ² + ε)`` (plus the
 convolution's own bias, scaled). ``FoldedEncoder(encoder, probe)`` builds, once, a copy of
-``encoder`` in which every such pair is one convolution with a bias and the BatchNorm is replaced
-by what it applied after normalising (timm's ``BatchNormAct2d`` keeps its activation and dropout),
-and timm's ``Conv2dSame`` layers pad into a buffer (``SamePadConv2d``) instead of through ``F.pad``;
-``load(state)`` folds a state dict of the original encoder into it. One convolution pass instead of
-a convolution, a normalisation and an activation: about 1.5x faster evaluation of the offline
-default's EfficientNet on the CPU.
+``encoder`` in which every such pair is one ``FoldedConv2d`` with a bias that also applies what the
+BatchNorm applied after normalising (timm's ``BatchNormAct2d`` keeps its activation and dropout),
+and timm's ``Conv2dSame`` layers pad without ``F.pad``; ``load(state)`` folds a state dict of the
+original encoder into it. On the CPU without gradients each such convolution is one oneDNN call
+with its activation fused. One pass instead of a convolution, a normalisation and an activation:
+about 1.8x faster evaluation of the offline default's EfficientNet on the CPU (1.5x from folding,
+1.2x more from fusing the activation).
 
 Pairs are found structurally (a ``Conv2d`` child immediately followed by a ``BatchNorm2d`` child of
 the same parent, the order in which torchvision and timm define their blocks). That is only a
@@ -26,6 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from functools import lru_cache
 from typing import Mapping
 
 import torch
@@ -54,30 +56,82 @@ def conv_bn_pairs(encoder: nn.Module) -> list[Pair]:
     return pairs
 
 
-class SamePadConv2d(nn.Conv2d):
-    """A convolution with TensorFlow's "SAME" padding (timm's ``Conv2dSame``) that never copies its
-    input. SAME pads ``P // 2`` before and ``P - P // 2`` after; when those are equal the
-    convolution's own symmetric padding does it, and when the far side needs one more (a strided
-    convolution of an even size, as in EfficientNet), a kernel one larger with a leading row and
-    column of zeros, padded by the far side's amount on both sides, reads exactly the same
-    windows: output ``i`` sees inputs ``s·i - top ... s·i - top + k - 1`` either way, and the extra
-    tap multiplies zero. Other cases (dilation, uneven gaps of more than one) pad into a buffer
-    whose border alone is zeroed. ``F.pad`` of a channels-last bf16 activation is about 4x slower
-    than such a copy, and the copy itself was about an eighth of an EfficientNet evaluation."""
+_POST_OPS = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0]), nn.SiLU: ("swish", [])}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+
+@lru_cache(maxsize=1)
+def _fused_conv():
+    """oneDNN's convolution with an elementwise post-op (``torch.ops.mkldnn._convolution_pointwise``),
+    or None where this build of torch has no oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _post_op(act: nn.Module) -> tuple[str, list[float]] | None:
+    """oneDNN's name and scalars for applying ``act`` after a convolution; None when it has none."""
+    parts = [m for m in (act if isinstance(act, nn.Sequential) else [act]) if not isinstance(m, nn.Identity)]
+    if not parts:
+        return "none", []
+    if len(parts) > 1:
+        return None
+    if isinstance(parts[0], nn.Hardtanh):  # ReLU6 included
+        return "hardtanh", [float(parts[0].min_val), float(parts[0].max_val)]
+    return _POST_OPS.get(type(parts[0]))
+
+
+class FoldedConv2d(nn.Conv2d):
+    """A convolution of the folded encoder, with what its BatchNorm applied after normalising (``act``:
+    an activation, or ``nn.Identity``) and, for timm's ``Conv2dSame``, TensorFlow's "SAME" padding
+    (``same=True``). Its state is a ``Conv2d``'s (``weight``, ``bias``).
+
+    **SAME padding without copying the input.** SAME pads ``P // 2`` before and ``P - P // 2``
+    after; when those are equal the convolution's own symmetric padding does it, and when the far
+    side needs one more (a strided convolution of an even size, as in EfficientNet), a kernel one
+    larger with a leading row and column of zeros, padded by the far side's amount on both sides,
+    reads exactly the same windows: output ``i`` sees inputs ``s·i - top ... s·i - top + k - 1``
+    either way, and the extra tap multiplies zero. Other cases (dilation, uneven gaps of more than
+    one) pad into a buffer whose border alone is zeroed. ``F.pad`` of a channels-last bf16
+    activation is about 4x slower than such a copy, and the copy itself was about an eighth of an
+    EfficientNet evaluation.
+
+    **One pass on the CPU.** Without gradients on the CPU, the convolution, its bias and the
+    activation (ReLU, ReLU6 and other Hardtanh, SiLU, or none) run as one oneDNN call that applies
+    the activation while each output block is still in cache (``torch.ops.mkldnn.
+    _convolution_pointwise``, the call inductor emits for this pattern), instead of a convolution
+    and a second pass over its output. On the offline default's EfficientNet at 64x64 under bf16
+    that is about 1.2x the evaluation throughput, with the same bits as the two passes in float32
+    and in bf16 (the same convolution kernels; ReLU and ReLU6 are exact). Under CPU autocast the
+    input, weight and bias are cast to the autocast type, as autocast casts ``conv2d``'s; the cast
+    weight is kept until the weight changes (``load_state_dict`` writes in place, which the
+    weight's version counter records). Elsewhere (CUDA, gradients, other activations) it runs
+    ``F.conv2d`` and then ``act``.
+    """
+
+    def __init__(self, *args, same: bool = False, act: nn.Module | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.same = same
+        self.act = act if act is not None else nn.Identity()
+        self.post = _post_op(self.act)  # (oneDNN post-op, its scalars); None: not fusable
+        self._cast: tuple | None = None  # (key, weight, bias) in the type of the last fused call
+
+    def _geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """(input, padding, leading zero columns and rows of the kernel) of the convolution for ``x``."""
+        if not self.same:
+            return x, self.padding, (0, 0)
         n, c, h, w = x.shape
         pads = []
         for size, k, s, d in zip((h, w), self.kernel_size, self.stride, self.dilation):
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads
-        weight = self.weight
         if top == bottom and left == right:
-            return F.conv2d(x, weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+            return x, (top, left), (0, 0)
         if self.dilation == (1, 1) and bottom - top in (0, 1) and right - left in (0, 1):
-            weight = F.pad(weight, (right - left, 0, bottom - top, 0))  # a leading zero row / column
-            return F.conv2d(x, weight, self.bias, self.stride, (bottom, right), 1, self.groups)
+            return x, (bottom, right), (right - left, bottom - top)
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device,
                           memory_format=fmt)
@@ -85,7 +139,35 @@ class SamePadConv2d(nn.Conv2d):
         for edge in (out[:, :, :top], out[:, :, top + h:], out[:, :, :, :left], out[:, :, :, left + w:]):
             if edge.numel():
                 edge.zero_()  # only the padding: the rest is written once, by the copy
-        return F.conv2d(out, weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return out, (0, 0), (0, 0)
+
+    def _weight(self, lead: tuple[int, int]) -> torch.Tensor:
+        return F.pad(self.weight, (lead[0], 0, lead[1], 0)) if any(lead) else self.weight
+
+    def _fused(self, x: torch.Tensor, lead: tuple[int, int]) -> tuple | None:
+        """(input, weight, bias) of the fused call, cast as autocast casts ``conv2d``'s; None when it
+        does not apply."""
+        if self.post is None or x.device.type != "cpu" or torch.is_grad_enabled() or _fused_conv() is None:
+            return None
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        if dtype not in (torch.float32, torch.bfloat16) or x.dtype not in (torch.float32, torch.bfloat16):
+            return None
+        b = self.bias
+        key = (dtype, lead, self.weight._version, self.weight.data_ptr(),
+               None if b is None else (b._version, b.data_ptr()))
+        if self._cast is None or self._cast[0] != key:
+            self._cast = (key, self._weight(lead).to(dtype), None if b is None else b.to(dtype))
+        return x.to(dtype), self._cast[1], self._cast[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, padding, lead = self._geometry(x)
+        fused = self._fused(x, lead)
+        if fused is not None:
+            attr, scalars = self.post
+            return _fused_conv()(*fused, list(padding), list(self.stride), list(self.dilation), self.groups,
+                                 attr, scalars, "")
+        return self.act(F.conv2d(x, self._weight(lead), self.bias, self.stride, padding, self.dilation,
+                                 self.groups))
 
 
 def _same_pad_convs(module: nn.Module) -> list[str]:
@@ -98,6 +180,22 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
     """Put ``module`` at the dotted path ``name`` under ``root``."""
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def _replaceable(conv: nn.Module) -> bool:
+    """Whether ``conv`` computes exactly what a ``FoldedConv2d`` computes: a plain ``Conv2d`` with zero
+    padding, or timm's ``Conv2dSame`` (subclasses that change the weight, such as weight
+    standardisation, are kept as they are)."""
+    same = type(conv).__name__ == "Conv2dSame" and conv.padding == (0, 0)
+    return (type(conv) is nn.Conv2d or same) and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+
+
+def _folded_conv(old: nn.Conv2d, act: nn.Module | None, *, bias: bool) -> FoldedConv2d:
+    """A ``FoldedConv2d`` with ``old``'s geometry (its state is loaded afterwards)."""
+    same = type(old).__name__ == "Conv2dSame"
+    return FoldedConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, 0 if same else old.padding,
+                        old.dilation, old.groups, bias, same=same, act=act, device=old.weight.device,
+                        dtype=old.weight.dtype)
 
 
 def _after_norm(bn: nn.Module) -> nn.Module:
@@ -134,16 +232,18 @@ class FoldedEncoder:
             return
         skeleton = copy.deepcopy(encoder).eval()
         for conv, bn, _ in self.pairs:
-            conv_mod = skeleton.get_submodule(conv)
+            conv_mod, after = skeleton.get_submodule(conv), _after_norm(skeleton.get_submodule(bn))
+            if _replaceable(conv_mod):  # the convolution applies what the BatchNorm applied after it
+                _replace(skeleton, conv, _folded_conv(conv_mod, after, bias=True))
+                _replace(skeleton, bn, nn.Identity())
+                continue
             if conv_mod.bias is None:
                 conv_mod.bias = nn.Parameter(torch.zeros(conv_mod.out_channels, dtype=conv_mod.weight.dtype,
                                                          device=conv_mod.weight.device))
-            _replace(skeleton, bn, _after_norm(skeleton.get_submodule(bn)))
-        for name in _same_pad_convs(skeleton):
+            _replace(skeleton, bn, after)
+        for name in _same_pad_convs(skeleton):  # SAME convolutions without a BatchNorm after them
             old = skeleton.get_submodule(name)
-            _replace(skeleton, name, SamePadConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, 0,
-                                                   old.dilation, old.groups, old.bias is not None,
-                                                   device=old.weight.device, dtype=old.weight.dtype))
+            _replace(skeleton, name, _folded_conv(old, None, bias=old.bias is not None))
         state = {k: v.detach() for k, v in encoder.state_dict().items()}
         skeleton.load_state_dict(fold_state(state, self.pairs), strict=True)
         was_training = encoder.training
