@@ -108,3 +108,46 @@ def test_open_study_in_another_directory_claims_it_after_resolving(tmp_path):
     assert info["merges"] == [p.id for p in plan_merges(cfg.merge)] == ["ties", "pact+ties-rsvd"]
     assert info["config"]["output_dir"] == str(tmp_path / "elsewhere") and info["tasks"] == ["digits"]
     assert (ctx.run_dir / "config.yaml").read_text() == "seed: 0\n"
+
+
+_CLAIM_WITH_THREADS = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[2]))
+from pactmerge.pipeline.config import load_config
+from pactmerge.pipeline.context import RunContext, claim
+claim(RunContext(load_config(None, [f"output_dir={sys.argv[1]}", "tasks.names=[digits]"])), quiet=True)
+"""
+
+
+def test_claims_wait_for_the_record_lock_and_keep_every_history_line(tmp_path):
+    """Worker processes that claim the directory at once (``run --jobs``, array tasks) each record their
+    environment: a claim waits while another process holds the record, and two concurrent claims
+    with other thread counts leave two history lines, not one."""
+    from pactmerge.pipeline.rundir import record_lock
+
+    run = tmp_path / "run"
+    claim(RunContext(_cfg(tmp_path)))
+    record = run / "run.json"
+    before = record.read_text()
+
+    def start(threads):
+        return subprocess.Popen([sys.executable, "-c", _CLAIM_WITH_THREADS, str(run), str(threads)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    with record_lock(run):
+        waiting = start(1)
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiting.wait(timeout=8)  # imports and model load take a few seconds; then it waits here
+        assert record.read_text() == before
+    out, _ = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, out
+    history = json.loads(record.read_text())["provenance_history"]
+    assert len(history) == 1 and any("threads" in key for key in history[0]["changed"])
+
+    both = [start(3), start(5)]
+    for proc in both:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+    info = json.loads(record.read_text())
+    assert len(info["provenance_history"]) == 3
+    assert info["provenance"]["environment"]["threads"]["torch_intra_op"] in (3, 5)

@@ -10,6 +10,9 @@ Torch-free (``pactmerge status`` reads a run directory through these functions a
   refused, or moved aside (``move_aside``) with ``--force`` or when it holds no finished stage.
 - ``RunLock`` (``run.lock``): one ``pactmerge run`` at a time per directory; ``lock_state``
   reads it without taking it.
+- ``record_lock`` (``.run.json.lock``): ``claim`` reads and rewrites ``run.json`` under it, so the
+  worker processes of ``pactmerge run --jobs`` and SLURM array tasks that claim the directory at the
+  same moment each add their line to ``provenance_history`` instead of overwriting each other's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RUN_INFO = "run.json"
 LOCK_FILE = "run.lock"
+RECORD_LOCK = ".run.json.lock"  # hidden: the store's walks and `status` skip dot files
 FINISHED_KINDS = ("finetuned", "joint", "sequential", "merged")  # store entries that are finished stages
 
 
@@ -150,6 +155,39 @@ def claim(ctx: Any, *, force: bool = False, config_text: str | None = None, quie
     attempt never blocks a corrected config. ``quiet``: a changed environment is logged at debug
     level only (a study taking the record back from its own worker processes).
     """
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    with record_lock(ctx.run_dir):
+        _claim(ctx, force=force, config_text=config_text, quiet=quiet)
+
+
+@contextmanager
+def record_lock(run_dir: str | Path):
+    """Hold the exclusive lock of ``run_dir``'s record (``flock`` on ``.run.json.lock``) for one read
+    and rewrite of ``run.json``; other processes wait. Where the file system has no locks (or no
+    ``fcntl``), the record is rewritten unlocked, as before: each write stays atomic, only a
+    concurrent history line can be lost."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    try:
+        fd = os.open(Path(run_dir) / RECORD_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        log.debug("%s: no record lock (%s)", run_dir, exc)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            log.debug("%s: the file system refuses locks (%s); run.json is rewritten unlocked", run_dir, exc)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _claim(ctx: Any, *, force: bool, config_text: str | None, quiet: bool) -> None:
     from pactmerge.pipeline.merge_plan import plan_merges
     from pactmerge.provenance import changed_fields, study_record
 
