@@ -100,3 +100,35 @@ def test_merge_only_builds_the_named_merges_and_refuses_unknown_ones(tiny_config
     one = planned[-1]
     assert main(["merge", cfg, "--output-dir", str(run), "--only", one]) == 0
     assert [n for n in _entries(run) if n.startswith("merged/")] == [f"merged/{one}"]
+
+
+@pytest.mark.slow
+def test_merge_only_and_jobs_build_adamerging_variants(tiny_config, tmp_path, capsys):
+    """An AdaMerging variant is a merge ``--only`` can name, and ``run --jobs`` builds it in a worker: the
+    caller's ``adamerging`` stage then finds it stored, and it equals the one ``--only`` built at the
+    same thread count."""
+    threads = threads_per_job(2)
+    cfg = str(tiny_config(merge={"methods": ["task_arithmetic"], "pact": ["none", "exact"], "alpha_grid": [0.5],
+                                 "pact_params": {"K": 0, "k": 0},
+                                 "adamerging": {"variants": ["none", "exact"], "steps": 4, "lr": 0.05,
+                                                "batch_size": 8}},
+                          comparisons={"joint": False, "sequential": False}))
+    one, par = tmp_path / "one", tmp_path / "par"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert main(["finetune", cfg, "--output-dir", str(one), "--task", "digits", "--task", "faces"]) == 0
+        assert main(["merge", cfg, "--output-dir", str(one), "--only", "pact+adamerging"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert "pact+adamerging" in capsys.readouterr().out
+    assert [n for n in _entries(one) if n.startswith("merged/")] == ["merged/pact+adamerging"]
+    assert main(["merge", cfg, "--output-dir", str(one), "--only", "adamerging-rsvd"]) == 2
+    assert "adamerging, pact+adamerging" in capsys.readouterr().err  # the variants of this config
+
+    assert main(["run", cfg, "--output-dir", str(par), "--jobs", "2"]) == 0
+    a = _entries(par)
+    assert {"merged/adamerging", "merged/pact+adamerging", "merged/task_arithmetic"} <= set(a)
+    assert a["merged/pact+adamerging"]["sha256"] == _entries(one)["merged/pact+adamerging"]["sha256"]
+    worker_logs = "".join(p.read_text() for p in (par / "logs" / "jobs").glob("merge-*.log"))
+    assert "merged adamerging" in worker_logs and "merged pact+adamerging" in worker_logs

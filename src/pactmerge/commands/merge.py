@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     study = parser.add_argument_group("study mode: the merge stage of a run config (pactmerge merge CONFIG)")
     add_config_arguments(study)
     study.add_argument("--only", metavar="ID", action="append", default=[],
-                       help="build only this planned merge, e.g. pact+tsvm (repeatable; default: every one)")
+                       help="build only this planned merge, e.g. pact+tsvm, or AdaMerging variant of merge.adamerging, "
+                            "e.g. pact+adamerging (repeatable; default: every planned merge)")
     io = parser.add_argument_group("file mode: inputs and output")
     io.add_argument("--pretrained", metavar="FILE", help="pre-trained encoder weights (safetensors or torch file)")
     io.add_argument("--finetuned", metavar="FILE", nargs="*", default=None, help="fine-tuned encoder weights, one per task")
@@ -85,19 +86,26 @@ def _run_study_stage(args: argparse.Namespace) -> int:
         raise ConfigError("give either a run CONFIG (study mode) or --pretrained/--finetuned/--out (file mode), not both")
     _refuse_weights_as_config(Path(args.config))
     from pactmerge.commands._study import open_context
-    from pactmerge.pipeline.merge_plan import plan_merges
+    from pactmerge.pipeline.merge_plan import adamerging_ids, plan_merges
     from pactmerge.pipeline.merge_stage import run_merge_stage
 
     ctx = open_context(args)
-    merges = None
+    merges, ada = None, []
     if args.only:
         planned = {p.id: p for p in plan_merges(ctx.cfg.merge)}
-        unknown = [i for i in args.only if i not in planned]
+        known = [*planned, *adamerging_ids(ctx.cfg.merge)]
+        unknown = [i for i in args.only if i not in known]
         if unknown:
             raise ConfigError(f"--only {', '.join(unknown)}: not a merge of this config; its merges: "
-                              + ", ".join(planned))
-        merges = [planned[i] for i in dict.fromkeys(args.only)]
-    results = run_merge_stage(ctx, merges)
+                              + ", ".join(known))
+        only = list(dict.fromkeys(args.only))
+        merges, ada = [planned[i] for i in only if i in planned], [i for i in only if i not in planned]
+    results = run_merge_stage(ctx, merges) if merges is None or merges else {}
+    if ada:  # AdaMerging variants: learned on unlabeled test images, as the `adamerging` stage does
+        from pactmerge.pipeline.adamerging import run_adamerging
+
+        run_adamerging(ctx, only=ada)
+        results.update({i: ctx.store.entry(f"merged/{i}") for i in ada})
     for mid, entry in results.items():  # test accuracy: `pactmerge evaluate CONFIG`
         val = entry.get("metrics", {}).get("val_avg")
         show(f"{mid:28s} alpha={entry.get('alpha')}  validation avg "

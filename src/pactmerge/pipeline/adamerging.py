@@ -191,8 +191,9 @@ def _pact_vectors(pre: Mapping[str, Tensor], vectors: Sequence[Mapping[str, Tens
     return cleaned, pact_resolved
 
 
-def run_adamerging(ctx: Any) -> bool:
-    """Build each configured AdaMerging variant of the study's fine-tunes into ``merged/<id>`` (idempotent).
+def run_adamerging(ctx: Any, only: Sequence[str] | None = None) -> bool:
+    """Build each configured AdaMerging variant of the study's fine-tunes into ``merged/<id>`` (idempotent;
+    ``only``: just the variants with these ids, as ``pactmerge merge --only`` and its workers ask).
 
     The PACT variants clean the task vectors with ``merge.pact_params`` (exact or randomized SVDs,
     seeded by each fine-tune's sha256) before λ is learned. The entries carry ``alpha = 1`` (λ
@@ -205,7 +206,8 @@ def run_adamerging(ctx: Any) -> bool:
     from pactmerge.pipeline.merge_plan import ADAMERGING_IDS as _IDS
 
     m = ctx.cfg.merge
-    todo = [v for v in m.adamerging.variants if not ctx.store.has(f"merged/{_IDS[v]}")]
+    todo = [v for v in m.adamerging.variants
+            if (only is None or _IDS[v] in only) and not ctx.store.has(f"merged/{_IDS[v]}")]
     if not todo:
         return False
     store, tasks = ctx.store, ctx.task_keys

@@ -105,12 +105,14 @@ def run_fit_jobs(ctx: Any, jobs: int, config_argv: Sequence[str]) -> bool:
 
 
 def run_merge_jobs(ctx: Any, jobs: int, config_argv: Sequence[str]) -> bool:
-    """The merge stage's pending merges in ``jobs`` ``pactmerge merge --only`` processes, dealt out in the
-    plan's order (so each worker gets its share of every kind); True when there was something to merge.
-    The merges equal those of a one-process merge stage at the workers' thread count."""
-    from pactmerge.pipeline.merge_plan import plan_merges
+    """The pending merges of the merge stage and of the ``adamerging`` stage in ``jobs`` ``pactmerge merge
+    --only`` processes, dealt out in turn: the AdaMerging variants first (each is longer than any planned
+    merge), then the plan's order (so each worker gets its share of every kind); True when there was
+    something to merge. The merges equal those of a one-process study at the workers' thread count."""
+    from pactmerge.pipeline.merge_plan import adamerging_ids, plan_merges
 
-    pending = [p.id for p in plan_merges(ctx.cfg.merge) if not ctx.store.has(f"merged/{p.id}")]
+    ids = [*adamerging_ids(ctx.cfg.merge), *(p.id for p in plan_merges(ctx.cfg.merge))]
+    pending = [i for i in ids if not ctx.store.has(f"merged/{i}")]
     if not pending:
         return False
     workers = [[a for i in pending[w::jobs] for a in ("--only", i)] for w in range(min(jobs, len(pending)))]
