@@ -176,3 +176,18 @@ def test_fused_convolution_follows_a_new_state_under_autocast():
     fresh.load(other)
     torch.testing.assert_close(run(folded.module), run(fresh.module), rtol=0, atol=0)
     assert not torch.allclose(run(folded.module), first)
+
+
+def test_unfused_folded_encoder_runs_the_activation_as_its_own_pass():
+    """``FoldedEncoder(..., fuse=False)`` (the benchmark's comparison) runs the convolution and then the
+    activation, and computes what the fused encoder computes."""
+    net = _randomised(_Net())
+    probe = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    fused, plain = FoldedEncoder(net, probe), FoldedEncoder(net, probe, fuse=False)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ops = _ops(lambda: plain.module(x))
+        torch.testing.assert_close(plain.module(x), fused.module(x), rtol=1e-5, atol=1e-5)
+    assert "mkldnn::_convolution_pointwise" not in ops and "aten::hardtanh" in ops, ops
+    with torch.no_grad():
+        assert "mkldnn::_convolution_pointwise" in _ops(lambda: fused.module(x))

@@ -8,8 +8,9 @@ BatchNorm applied after normalising (timm's ``BatchNormAct2d`` keeps its activat
 and timm's ``Conv2dSame`` layers pad without ``F.pad``; ``load(state)`` folds a state dict of the
 original encoder into it. On the CPU without gradients each such convolution is one oneDNN call
 with its activation fused. One pass instead of a convolution, a normalisation and an activation:
-about 1.8x faster evaluation of the offline default's EfficientNet on the CPU (1.5x from folding,
-1.2x more from fusing the activation).
+about 1.8x the throughput of the unfolded encoder for the offline default's EfficientNet on the
+CPU under bf16 (1.7x from folding, 1.07x to 1.14x more from fusing the activation;
+``benchmarks/eval_offline.py`` compares the three).
 
 Pairs are found structurally (a ``Conv2d`` child immediately followed by a ``BatchNorm2d`` child of
 the same parent, the order in which torchvision and timm define their blocks). That is only a
@@ -103,19 +104,19 @@ class FoldedConv2d(nn.Conv2d):
     the activation while each output block is still in cache (``torch.ops.mkldnn.
     _convolution_pointwise``, the call inductor emits for this pattern), instead of a convolution
     and a second pass over its output. On the offline default's EfficientNet at 64x64 under bf16
-    that is about 1.2x the evaluation throughput, with the same bits as the two passes in float32
+    that is 1.07x to 1.14x the throughput of two passes, with the same bits as them in float32
     and in bf16 (the same convolution kernels; ReLU and ReLU6 are exact). Under CPU autocast the
     input, weight and bias are cast to the autocast type, as autocast casts ``conv2d``'s; the cast
     weight is kept until the weight changes (``load_state_dict`` writes in place, which the
-    weight's version counter records). Elsewhere (CUDA, gradients, other activations) it runs
-    ``F.conv2d`` and then ``act``.
+    weight's version counter records). Elsewhere (CUDA, gradients, other activations, ``fuse=False``)
+    it runs ``F.conv2d`` and then ``act``.
     """
 
-    def __init__(self, *args, same: bool = False, act: nn.Module | None = None, **kwargs) -> None:
+    def __init__(self, *args, same: bool = False, act: nn.Module | None = None, fuse: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.same = same
         self.act = act if act is not None else nn.Identity()
-        self.post = _post_op(self.act)  # (oneDNN post-op, its scalars); None: not fusable
+        self.post = _post_op(self.act) if fuse else None  # (oneDNN post-op, its scalars); None: two passes
         self._cast: tuple | None = None  # (key, weight, bias) in the type of the last fused call
 
     def _geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
@@ -190,11 +191,11 @@ def _replaceable(conv: nn.Module) -> bool:
     return (type(conv) is nn.Conv2d or same) and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
 
 
-def _folded_conv(old: nn.Conv2d, act: nn.Module | None, *, bias: bool) -> FoldedConv2d:
+def _folded_conv(old: nn.Conv2d, act: nn.Module | None, *, bias: bool, fuse: bool) -> FoldedConv2d:
     """A ``FoldedConv2d`` with ``old``'s geometry (its state is loaded afterwards)."""
     same = type(old).__name__ == "Conv2dSame"
     return FoldedConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, 0 if same else old.padding,
-                        old.dilation, old.groups, bias, same=same, act=act, device=old.weight.device,
+                        old.dilation, old.groups, bias, same=same, act=act, fuse=fuse, device=old.weight.device,
                         dtype=old.weight.dtype)
 
 
@@ -222,9 +223,11 @@ def fold_state(state: Mapping[str, torch.Tensor], pairs: list[Pair]) -> dict[str
 
 class FoldedEncoder:
     """A folded copy of an encoder (see the module docstring): ``module`` to run, ``load(state)`` to
-    give it a state dict of the original encoder, ``folded`` whether anything was folded."""
+    give it a state dict of the original encoder, ``folded`` whether anything was folded. ``fuse=False``
+    keeps each activation a pass of its own (``FoldedConv2d``; for comparisons, such as
+    ``benchmarks/eval_offline.py``)."""
 
-    def __init__(self, encoder: nn.Module, probe: torch.Tensor | None = None) -> None:
+    def __init__(self, encoder: nn.Module, probe: torch.Tensor | None = None, *, fuse: bool = True) -> None:
         self.pairs = conv_bn_pairs(encoder)
         self.folded = False
         self.module = encoder
@@ -234,7 +237,7 @@ class FoldedEncoder:
         for conv, bn, _ in self.pairs:
             conv_mod, after = skeleton.get_submodule(conv), _after_norm(skeleton.get_submodule(bn))
             if _replaceable(conv_mod):  # the convolution applies what the BatchNorm applied after it
-                _replace(skeleton, conv, _folded_conv(conv_mod, after, bias=True))
+                _replace(skeleton, conv, _folded_conv(conv_mod, after, bias=True, fuse=fuse))
                 _replace(skeleton, bn, nn.Identity())
                 continue
             if conv_mod.bias is None:
@@ -243,7 +246,7 @@ class FoldedEncoder:
             _replace(skeleton, bn, after)
         for name in _same_pad_convs(skeleton):  # SAME convolutions without a BatchNorm after them
             old = skeleton.get_submodule(name)
-            _replace(skeleton, name, _folded_conv(old, None, bias=old.bias is not None))
+            _replace(skeleton, name, _folded_conv(old, None, bias=old.bias is not None, fuse=fuse))
         state = {k: v.detach() for k, v in encoder.state_dict().items()}
         skeleton.load_state_dict(fold_state(state, self.pairs), strict=True)
         was_training = encoder.training
