@@ -72,6 +72,15 @@ def _fused_conv():
         return None
 
 
+def _cpu_autocast_dtype() -> torch.dtype | None:
+    """The type CPU autocast casts convolutions to, None when it is off (the device-type API of torch
+    2.4 and later, the CPU-only one of earlier releases)."""
+    try:
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    except (AttributeError, TypeError):
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
 def _post_op(act: nn.Module) -> tuple[str, list[float]] | None:
     """oneDNN's name and scalars for applying ``act`` after a convolution; None when it has none."""
     parts = [m for m in (act if isinstance(act, nn.Sequential) else [act]) if not isinstance(m, nn.Identity)]
@@ -150,7 +159,7 @@ class FoldedConv2d(nn.Conv2d):
         does not apply."""
         if self.post is None or x.device.type != "cpu" or torch.is_grad_enabled() or _fused_conv() is None:
             return None
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        dtype = _cpu_autocast_dtype() or x.dtype
         if dtype not in (torch.float32, torch.bfloat16) or x.dtype not in (torch.float32, torch.bfloat16):
             return None
         b = self.bias
