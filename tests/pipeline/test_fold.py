@@ -116,6 +116,9 @@ def test_same_pad_convolution_equals_timms_conv2d_same():
             assert got.shape == (3, 8, -(-h // stride), -(-w // stride))
 
 
+ONEDNN = torch.backends.mkldnn.is_available()
+
+
 def _ops(fn) -> set[str]:
     from torch.profiler import ProfilerActivity, profile
 
@@ -153,7 +156,7 @@ def test_fused_convolution_equals_the_convolution_then_its_activation(act, same)
             assert got.dtype == want.dtype == (torch.bfloat16 if bf16 else torch.float32)
             tol = 1e-2 if bf16 else 1e-5
             torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
-            if fusable:
+            if fusable and ONEDNN:  # a torch without oneDNN runs the two passes
                 assert "mkldnn::_convolution_pointwise" in ops
                 assert not {"aten::hardtanh", "aten::clamp", "aten::relu", "aten::silu"} & ops, ops
 
@@ -189,5 +192,6 @@ def test_unfused_folded_encoder_runs_the_activation_as_its_own_pass():
         ops = _ops(lambda: plain.module(x))
         torch.testing.assert_close(plain.module(x), fused.module(x), rtol=1e-5, atol=1e-5)
     assert "mkldnn::_convolution_pointwise" not in ops and "aten::hardtanh" in ops, ops
-    with torch.no_grad():
-        assert "mkldnn::_convolution_pointwise" in _ops(lambda: fused.module(x))
+    if ONEDNN:
+        with torch.no_grad():
+            assert "mkldnn::_convolution_pointwise" in _ops(lambda: fused.module(x))
