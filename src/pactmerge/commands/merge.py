@@ -100,7 +100,7 @@ def _run_study_stage(args: argparse.Namespace) -> int:
                               + ", ".join(known))
         only = list(dict.fromkeys(args.only))
         merges, ada = [planned[i] for i in only if i in planned], [i for i in only if i not in planned]
-    results = run_merge_stage(ctx, merges) if merges is None or merges else {}
+    results = {} if merges == [] else run_merge_stage(ctx, merges)  # [] : --only named AdaMerging alone
     if ada:  # AdaMerging variants: learned on unlabeled test images, as the `adamerging` stage does
         from pactmerge.pipeline.adamerging import run_adamerging
 

@@ -180,10 +180,14 @@ class FoldedConv2d(nn.Conv2d):
                                  self.groups))
 
 
+def _is_same_pad(conv: nn.Module) -> bool:
+    """Whether ``conv`` is timm's ``Conv2dSame`` (dynamic TF "SAME" padding, its own padding zero)."""
+    return isinstance(conv, nn.Conv2d) and type(conv).__name__ == "Conv2dSame" and conv.padding == (0, 0)
+
+
 def _same_pad_convs(module: nn.Module) -> list[str]:
-    """Names of timm's ``Conv2dSame`` layers (dynamic TF "SAME" padding) in ``module``."""
-    return [name for name, m in module.named_modules()
-            if isinstance(m, nn.Conv2d) and type(m).__name__ == "Conv2dSame" and m.padding == (0, 0)]
+    """Names of timm's ``Conv2dSame`` layers in ``module``."""
+    return [name for name, m in module.named_modules() if _is_same_pad(m)]
 
 
 def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -196,13 +200,13 @@ def _replaceable(conv: nn.Module) -> bool:
     """Whether ``conv`` computes exactly what a ``FoldedConv2d`` computes: a plain ``Conv2d`` with zero
     padding, or timm's ``Conv2dSame`` (subclasses that change the weight, such as weight
     standardisation, are kept as they are)."""
-    same = type(conv).__name__ == "Conv2dSame" and conv.padding == (0, 0)
-    return (type(conv) is nn.Conv2d or same) and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+    return ((type(conv) is nn.Conv2d or _is_same_pad(conv)) and conv.padding_mode == "zeros"
+            and isinstance(conv.padding, tuple))
 
 
 def _folded_conv(old: nn.Conv2d, act: nn.Module | None, *, bias: bool, fuse: bool) -> FoldedConv2d:
     """A ``FoldedConv2d`` with ``old``'s geometry (its state is loaded afterwards)."""
-    same = type(old).__name__ == "Conv2dSame"
+    same = _is_same_pad(old)
     return FoldedConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, 0 if same else old.padding,
                         old.dilation, old.groups, bias, same=same, act=act, fuse=fuse, device=old.weight.device,
                         dtype=old.weight.dtype)
