@@ -73,3 +73,53 @@ def test_run_evaluator_gives_the_evaluate_stages_accuracies(run_dir, monkeypatch
     direct = predict_encoder(ctx.loaded.encoder, ft, ctx.heads(), ctx.datamodules(["digits"]), split="test",
                              device="cpu", precision=ctx.evaluator().precision)["digits"]
     assert np.array_equal(direct[1], study[1])
+
+
+def test_tasks_outside_the_run_go_through_the_studys_encoder(run_dir):
+    """A task the run lacks is evaluated by the study's own evaluation encoder at the study's precision
+    (not the unfolded route), alone or beside the run's tasks, and that leaves the encoder's layout as
+    it was."""
+    import numpy as np
+    import torch
+
+    from pactmerge.analysis.runs import RunEvaluator
+    from pactmerge.checkpoints import CheckpointStore
+    from pactmerge.pipeline.evaluate import accuracy, stream_predictions
+
+    run_eval = RunEvaluator(run_dir, split="val")
+    ft = CheckpointStore(run_dir).load_state("finetuned/digits")
+    both = run_eval(ft, ["digits", "mnist"])
+    study = run_eval.ctx.evaluator()
+    assert both["digits"] == accuracy(*study.predictions(ft, ["digits"], split="val")["digits"])
+    assert run_eval(ft, ["mnist"]) == {"mnist": both["mnist"]}
+    module = study.encoder().module
+    weights4d = [p for p in module.parameters() if p.ndim == 4]
+    assert weights4d and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights4d)
+    # the same predictions as that encoder gives when the batches are streamed to it by hand
+    dms = run_eval.ctx.datamodules(["mnist"])
+    pred, label = stream_predictions(study._encoder_at(ft), {"mnist": run_eval.head("mnist")}, dms, split="val",
+                                     logit_scale=run_eval.ctx.loaded.logit_scale, device=study.device,
+                                     precision=study.precision)["mnist"]
+    assert both["mnist"] == accuracy(pred, label) and len(label) == 48
+    assert np.isfinite(both["mnist"])
+
+
+def test_streamed_evaluation_equals_the_pooled_one_and_keeps_the_layout(run_dir):
+    """Inputs over the evaluator's budget are streamed: the same predictions as the pooled path, and
+    the evaluation encoder stays channels-last for the evaluations after it."""
+    import numpy as np
+    import torch
+
+    from pactmerge.checkpoints import CheckpointStore
+    from pactmerge.pipeline.context import open_run_dir
+    from pactmerge.pipeline.evaluate import Evaluator
+
+    ctx = open_run_dir(run_dir)
+    ft = CheckpointStore(run_dir).load_state("finetuned/digits")
+    pooled = Evaluator(ctx).predictions(ft, ["digits"], split="test")["digits"]
+    streamed_eval = Evaluator(ctx, cache_bytes=0)
+    streamed = streamed_eval.predictions(ft, ["digits"], split="test")["digits"]
+    assert streamed_eval.pooled("test") is None
+    assert np.array_equal(streamed[0], pooled[0]) and np.array_equal(streamed[1], pooled[1])
+    weights4d = [p for p in streamed_eval.encoder().module.parameters() if p.ndim == 4]
+    assert weights4d and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights4d)

@@ -6,7 +6,8 @@ data modules, heads). On the run's own tasks it goes through the study's evaluat
 (``ctx.evaluator()``: folded BatchNorms, inputs kept after their first pass, the config's
 precision), so its accuracies are those ``pactmerge evaluate`` gives, digit for digit, and the
 many states an analysis evaluates pay for decoding the data once. Other tasks (their heads built
-on demand) and another ``device`` than the run's go through ``evaluate_encoder``.
+on demand) are streamed through that same encoder and precision (``Evaluator.stream``); only
+another ``device`` than the run's goes through ``evaluate_encoder``.
 """
 
 from __future__ import annotations
@@ -54,12 +55,18 @@ class RunEvaluator:
         """Top-1 accuracy in [0, 1] per task of the run's encoder with ``state`` loaded."""
         from pactmerge.datamodules import get_task
         from pactmerge.merging import resolve_device
-        from pactmerge.pipeline.evaluate import evaluate_encoder
+        from pactmerge.pipeline.evaluate import accuracy, evaluate_encoder
 
         keys = [get_task(t).key for t in tasks]
         study = self.ctx.evaluator()
-        if set(keys) <= set(self.ctx.task_keys) and resolve_device(self.device) == study.device:
-            accs = study.accuracies(state, keys, split=self.split)
+        if resolve_device(self.device) == study.device:
+            ours = [k for k in keys if k in self.ctx.task_keys]
+            accs = study.accuracies(state, ours, split=self.split) if ours else {}
+            others = [k for k in dict.fromkeys(keys) if k not in accs]
+            if others:
+                dms = self.ctx.datamodules(others)
+                preds = study.stream(state, {k: self.head(k) for k in dms}, dms, split=self.split)
+                accs.update({k: accuracy(p, y) for k, (p, y) in preds.items()})
             return {t: accs[k] for t, k in zip(tasks, keys)}
         loaded = self.ctx.loaded
         dms = self.ctx.datamodules(keys)

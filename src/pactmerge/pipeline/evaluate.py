@@ -10,7 +10,8 @@ per ``RunContext``, ``ctx.evaluator()``) serves both the α search (validation s
 evaluate stage (test split): it keeps every task's finished inputs of a split (decoded, resized,
 normalised) in one tensor after their first pass, so every later evaluation of that split only
 runs the encoder, in full batches across tasks, with its BatchNorms folded into the convolutions
-(``pipeline.fold``). The evaluate stage writes each model's test predictions to
+(``pipeline.fold``); other data (inputs over its budget, tasks outside the run) is streamed
+through that same encoder (``Evaluator.stream``). The evaluate stage writes each model's test predictions to
 ``RUN_DIR/predictions/<entry with '/' -> '__'>.npz`` (``pred__<task>``, ``label__<task>``: int16 in
 split order), read back by ``load_predictions``.
 
@@ -113,28 +114,38 @@ def predict_encoder(
     encoder.to(dev).eval()
     if channels_last:
         encoder.to(memory_format=torch.channels_last)
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
-        for task, dm in datamodules.items():
-            head = heads[task].to(dev, torch.float32)
-            batches = finished_batches(dm, split, dev)
-            if progress:
-                from tqdm.auto import tqdm
-
-                batches = tqdm(batches, desc=f"eval {task} ({split})", leave=False)
-            preds, labels = [], []
-            for images, y in batches:
-                with _autocast(dev, prec):
-                    feats = encoder(images)
-                preds.append(head_logits(feats.float(), head, logit_scale).argmax(-1).cpu())
-                labels.append(y.cpu())
-            if not labels or sum(len(y) for y in labels) == 0:
-                raise ValueError(f"task {task!r}: the {split} split is empty")
-            out[task] = (torch.cat(preds).numpy(), torch.cat(labels).numpy())
+        return stream_predictions(encoder, heads, datamodules, split=split, logit_scale=logit_scale, device=dev,
+                                  precision=prec, progress=progress)
     finally:
         if channels_last:
             encoder.to(memory_format=torch.contiguous_format)
         encoder.train(was_training)
+
+
+@torch.no_grad()
+def stream_predictions(module: nn.Module, heads: Mapping[str, torch.Tensor], datamodules: Mapping[str, object], *,
+                       split: str, logit_scale: float, device: torch.device, precision: str, progress: bool = False
+                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``predict_encoder``'s loop: ``module`` as it is (on ``device``, in eval mode, its memory layout
+    untouched) over each data module's finished batches of ``split``."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for task, dm in datamodules.items():
+        head = heads[task].to(device, torch.float32)
+        batches = finished_batches(dm, split, device)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"eval {task} ({split})", leave=False)
+        preds, labels = [], []
+        for images, y in batches:
+            with _autocast(device, precision):
+                feats = module(images)
+            preds.append(head_logits(feats.float(), head, logit_scale).argmax(-1).cpu())
+            labels.append(y.cpu())
+        if not labels or sum(len(y) for y in labels) == 0:
+            raise ValueError(f"task {task!r}: the {split} split is empty")
+        out[task] = (torch.cat(preds).numpy(), torch.cat(labels).numpy())
     return out
 
 
@@ -192,7 +203,7 @@ class Evaluator:
     does not get a small, slow batch of its own), and applies each task's head to its rows. The
     encoder is a ``FoldedEncoder`` (BatchNorms folded into the convolutions, checked once on a probe
     batch), channels-last on the CPU. Inputs over the budget are streamed from the data modules
-    through ``predict_encoder`` instead.
+    through the same encoder instead (``stream``, which also serves tasks outside the run).
     """
 
     def __init__(self, ctx: Any, *, cache_bytes: int = INPUT_CACHE_BYTES) -> None:
@@ -306,13 +317,18 @@ class Evaluator:
         if pooled is not None:
             keys = [t for t in keys if pooled.size(t)]
             return self._run_pooled(state, pooled, keys) if keys else {}
-        loaded, heads = self.ctx.loaded, self.ctx.heads()
+        heads = self.ctx.heads()
         data = {t: self._source(t, split, subset, complement) for t in keys}
         data = {t: d for t, d in data.items() if not hasattr(d, "__len__") or len(d)}
-        if not data:
-            return {}
-        return predict_encoder(self._encoder_at(state), None, {t: heads[t] for t in data}, data, split=split,
-                               logit_scale=loaded.logit_scale, device=str(self.device), precision=self.precision)
+        return self.stream(state, {t: heads[t] for t in data}, data, split) if data else {}
+
+    def stream(self, state: Mapping[str, torch.Tensor] | None, heads: Mapping[str, torch.Tensor],
+               datamodules: Mapping[str, object], split: str = "test") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Task -> (pred, label) of ``state`` through this path's encoder and precision, for any set-up data
+        modules (tasks outside the run included) and their heads, streamed batch by batch, nothing kept."""
+        return stream_predictions(self._encoder_at(state), heads, datamodules, split=split,
+                                  logit_scale=self.ctx.loaded.logit_scale, device=self.device,
+                                  precision=self.precision)
 
     def accuracies(self, state: Mapping[str, torch.Tensor] | None, tasks: Iterable[str] | None = None,
                    split: str = "test", subset: int | None = None) -> dict[str, float]:
