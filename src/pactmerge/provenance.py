@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 # distributions whose versions decide the digits of a result
-PACKAGES = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "torchmetrics", "numpy", "safetensors",
-            "timm", "datasets", "transformers")
+PACKAGES = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "torchmetrics", "numpy", "scipy",
+            "safetensors", "timm", "datasets", "transformers")
 # environment variables that set thread pools (and so the order of floating-point reductions)
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
 
