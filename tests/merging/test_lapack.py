@@ -70,3 +70,8 @@ def test_openblas_is_held_to_one_thread_inside_and_restored_after():
         assert set(inside.values()) == {1}
     after = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"}
     assert after == before
+    # per_matrix's workers run under it (the truncated SVDs call dsyevr from them)
+    seen = linalg.per_matrix(lambda _: {i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"},
+                             range(3))
+    assert seen == [{1}, {1}, {1}]
+    assert {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"} == before

@@ -10,8 +10,9 @@ holds the GIL for the whole call, so ``linalg.per_matrix``'s worker threads woul
 its table of LAPACK functions for Cython (``scipy.linalg.cython_lapack``, a public API) gives the
 function's address, which ``ctypes`` calls with the GIL released, so the workers run side by side
 (0.026 s against 0.050 s a matrix with two workers, the same matrix). While they do, OpenBLAS is
-held to one thread (``single_threaded_blas``, through threadpoolctl), as ``per_matrix`` holds
-torch to one thread per worker: left at two, the two workers' calls fight over its pool (0.063 s).
+held to one thread (``single_threaded_blas``, through threadpoolctl, around ``per_matrix``'s
+workers), as ``per_matrix`` holds torch to one thread per worker: left at two threads, the two
+workers' calls fight over its pool (0.063 s a matrix).
 
 Without SciPy or threadpoolctl (``available()`` is False), or where a call reports an error
 (``top_eigh`` returns None), ``linalg`` uses ``torch.linalg.eigh``: the same decomposition, to
@@ -64,15 +65,24 @@ def solver() -> str:
     return "scipy dsyevr (top eigenpairs)" if available() else "torch.linalg.eigh"
 
 
+@lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the BLAS libraries loaded once ``dsyevr`` was found (SciPy's OpenBLAS
+    among them); made once, as finding them takes about a millisecond."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """OpenBLAS (SciPy's, NumPy's) held to one thread inside the block; nothing without threadpoolctl."""
+    """OpenBLAS (SciPy's, NumPy's) held to one thread inside the block, its setting restored after;
+    nothing where ``top_eigh`` is unavailable. Process-wide: ``linalg.per_matrix`` holds it around
+    its workers, as it holds torch to one thread each."""
     if not available():
         yield
         return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _blas_controller().limit(limits=1, user_api="blas"):
         yield
 
 

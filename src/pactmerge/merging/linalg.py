@@ -31,7 +31,6 @@ thread count, so results do not depend on either.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -78,10 +77,11 @@ def per_matrix(fn: Callable[..., _T], items: Sequence, *, device: torch.device |
 
     torch.set_num_threads(1)
     try:
-        if workers <= 1:
-            return [run(x) for x in items]
-        with ThreadPoolExecutor(workers, thread_name_prefix="pactmerge-linalg") as pool:
-            return list(pool.map(run, items))
+        with lapack.single_threaded_blas():  # SciPy's OpenBLAS too (lapack.top_eigh)
+            if workers <= 1:
+                return [run(x) for x in items]
+            with ThreadPoolExecutor(workers, thread_name_prefix="pactmerge-linalg") as pool:
+                return list(pool.map(run, items))
     finally:
         torch.set_num_threads(threads)
 
@@ -131,8 +131,7 @@ def _top_svd_gram(A: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
             return sv[:r], vh[:r].mT, u[:, :r]
         return S, Q, other
 
-    with lapack.single_threaded_blas() if subset else contextlib.nullcontext():
-        out = per_matrix(one, flat, device=A.device)
+    out = per_matrix(one, flat, device=A.device)
     S = torch.stack([o[0] for o in out]).reshape(*lead, r)
     Q = torch.stack([o[1] for o in out])
     other = torch.stack([o[2] for o in out])
