@@ -44,17 +44,24 @@ def test_refuses_what_it_cannot_do():
 @needs_dsyevr
 def test_truncated_svd_takes_the_subset_solver_and_agrees_with_the_full_eigh(monkeypatch):
     g = torch.Generator().manual_seed(2)
-    A = torch.randn(3, 200, 64, generator=g, dtype=torch.float64) * torch.logspace(0, -2, 64, dtype=torch.float64)
+    n = linalg.SUBSET_MIN_SIDE
+    A = torch.randn(3, 540, n, generator=g, dtype=torch.float64) * torch.logspace(0, -2, n, dtype=torch.float64)
     calls = []
     real = lapack.top_eigh
     monkeypatch.setattr(lapack, "top_eigh", lambda G, r: calls.append(r) or real(G, r))
-    U, S, V = linalg.top_svd(A, 16)  # 16 <= 64 / 4: the subset solver, once per matrix
-    assert calls == [16, 16, 16]
-    linalg.top_svd(A, 17)  # over a quarter of the side: the full eigh
-    assert calls == [16, 16, 16]
+    r = n // 4
+    U, S, V = linalg.top_svd(A, r)  # a quarter of a 512 side: the subset solver, once per matrix
+    assert calls == [r, r, r]
+    linalg.top_svd(A, r + 1)  # over a quarter of the side: the full eigh
+    linalg.top_svd(A[:, :, : n - 4], r - 1)  # a smaller side: the full eigh (MKL's is as fast there)
+    assert calls == [r, r, r]
+    for i in range(3):  # each matrix's bits depend neither on its batch nor on the worker threads
+        u, s, v = linalg.top_svd(A[i], r)
+        assert torch.equal(u, U[i]) and torch.equal(s, S[i]) and torch.equal(v, V[i])
     monkeypatch.setattr(lapack, "available", lambda: False)
-    U2, S2, V2 = linalg.top_svd(A, 16)
-    assert calls == [16, 16, 16]
+    calls.clear()
+    U2, S2, V2 = linalg.top_svd(A, r)
+    assert calls == []
     assert torch.allclose(S, S2, rtol=1e-12, atol=0)
     assert torch.allclose((U * S.unsqueeze(-2)) @ V.mT, (U2 * S2.unsqueeze(-2)) @ V2.mT, rtol=0, atol=1e-12)
 

@@ -3,8 +3,10 @@
 An exact truncated SVD keeps ``r`` of the ``n`` directions of a Gram matrix (TSV-M keeps
 ``n / T`` per task). ``torch.linalg.eigh`` computes all ``n`` eigenpairs (``syevd``); ``dsyevr``
 computes the ``r`` wanted ones after the same tridiagonal reduction (bisection and inverse
-iteration), about half the time of the full decomposition when ``r <= n / 4``: on a 768x768
-float64 Gram with ``r = 96``, 0.054 s against 0.092 s single-threaded on the 2-core test machine.
+iteration), about half the time of the full decomposition when ``r`` is small and ``n`` large:
+on a 768x768 float64 Gram with ``r = 96``, 0.054 s against 0.092 s single-threaded on the 2-core
+test machine (below ``n`` of about 500 MKL's full ``eigh`` is as fast; ``linalg._subset_eigh``
+decides).
 torch does not expose it. SciPy does twice: its Python wrapper (``scipy.linalg.lapack.dsyevr``)
 holds the GIL for the whole call, so ``linalg.per_matrix``'s worker threads would take turns;
 its table of LAPACK functions for Cython (``scipy.linalg.cython_lapack``, a public API) gives the
