@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     kinds = conv_roofline(variants["folded+fused"], features, args.repeats)
     peak = matmul_gflops(args.peak_size, torch.bfloat16 if precision == "bf16" else torch.float32, args.repeats)
     total = {"kind": "all convolutions", "layers": sum(k["layers"] for k in kinds),
-             "gflop_per_pass": sum(k["gflop_per_pass"] for k in kinds), "ms_per_pass": sum(k["ms_per_pass"] for k in kinds)}
+             "gflop_per_pass": sum(k["gflop_per_pass"] for k in kinds),
+             "ms_per_pass": sum(k["ms_per_pass"] for k in kinds)}
     kinds.append(total)
     for k in kinds:
         k["gflop_per_s"] = round(k["gflop_per_pass"] / (k["ms_per_pass"] / 1e3), 1) if k["ms_per_pass"] else None
@@ -157,7 +158,8 @@ def conv_roofline(module: torch.nn.Module, run: Any, repeats: int) -> list[dict[
             h.remove()
     kinds: dict[str, dict[str, Any]] = {}
     for c in convs:
-        k = kinds.setdefault(conv_kind(c), {"kind": conv_kind(c), "layers": 0, "gflop_per_pass": 0.0, "ms_per_pass": 0.0})
+        kind = conv_kind(c)
+        k = kinds.setdefault(kind, {"kind": kind, "layers": 0, "gflop_per_pass": 0.0, "ms_per_pass": 0.0})
         k["layers"] += 1
         k["gflop_per_pass"] += flops[c] / 1e9
         k["ms_per_pass"] += best[c] * 1e3

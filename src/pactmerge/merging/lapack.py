@@ -18,7 +18,7 @@ workers' calls fight over its pool (0.063 s a matrix).
 
 Without SciPy or threadpoolctl (``available()`` is False), or where a call reports an error
 (``top_eigh`` returns None), ``linalg`` uses ``torch.linalg.eigh``: the same decomposition, to
-float64 rounding. Which solver ran is ``solver()``; provenance records SciPy's version.
+float64 rounding. Provenance records SciPy's version (none: the full ``eigh`` ran).
 """
 
 from __future__ import annotations
@@ -60,11 +60,6 @@ def _dsyevr() -> Any:
 def available() -> bool:
     """Whether ``top_eigh`` can run here (SciPy's LAPACK and threadpoolctl are importable)."""
     return _dsyevr() is not None
-
-
-def solver() -> str:
-    """The eigensolver of the exact truncated SVDs on the CPU: ``dsyevr`` (subset) or ``torch.linalg.eigh``."""
-    return "scipy dsyevr (top eigenpairs)" if available() else "torch.linalg.eigh"
 
 
 @lru_cache(maxsize=1)

@@ -11,9 +11,9 @@ evaluate stage (test split): it keeps every task's finished inputs of a split (d
 normalised) in one tensor after their first pass, so every later evaluation of that split only
 runs the encoder, in full batches across tasks, with its BatchNorms folded into the convolutions
 (``pipeline.fold``); other data (inputs over its budget, tasks outside the run) is streamed
-through that same encoder (``Evaluator.stream``). The evaluate stage writes each model's test predictions to
-``RUN_DIR/predictions/<entry with '/' -> '__'>.npz`` (``pred__<task>``, ``label__<task>``: int16 in
-split order), read back by ``load_predictions``.
+through that same encoder (``Evaluator.stream``). The evaluate stage writes each model's test
+predictions to ``RUN_DIR/predictions/<entry with '/' -> '__'>.npz`` (``pred__<task>``,
+``label__<task>``: int16 in split order), read back by ``load_predictions``.
 
 Precision (``merge.eval_precision``): ``bf16`` runs the encoder's forward pass under bf16
 autocast (heads and the argmax in float32); ``auto`` means bf16 on CUDA and on CPUs with native
