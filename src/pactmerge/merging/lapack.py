@@ -74,9 +74,11 @@ def _blas_controller() -> Any:
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """OpenBLAS (SciPy's, NumPy's) held to one thread inside the block, its setting restored after;
-    nothing where ``top_eigh`` is unavailable. Process-wide: ``linalg.per_matrix`` holds it around
-    its workers, as it holds torch to one thread each."""
-    if not available():
+    nothing where ``top_eigh`` is unavailable or was never asked for (so a process whose matrices
+    are all too small for it never imports SciPy here). Process-wide: ``linalg.per_matrix`` holds
+    it around its workers, as it holds torch to one thread each; ``linalg`` asks for ``top_eigh``
+    before it starts them."""
+    if _dsyevr.cache_info().currsize == 0 or not available():
         yield
         return
     with _blas_controller().limit(limits=1, user_api="blas"):

@@ -122,7 +122,8 @@ def _top_svd_gram(A: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
         # float64 one matrix at a time, so a stack of T task vectors is never copied whole
         x = a.double() if tall else a.double().mT
         top = lapack.top_eigh(_gram_upper(x), r) if subset else None  # the r wanted eigenpairs only
-        lam, Q = top if top is not None else torch.linalg.eigh(_gram_upper(x), UPLO="U")  # ascending
+        # ascending; a failed top_eigh has overwritten its Gram, so the fallback forms it again
+        lam, Q = top if top is not None else torch.linalg.eigh(_gram_upper(x), UPLO="U")
         S, Q, inv = _top_eig(lam, Q, r)
         other = (x @ Q) * inv  # left = A V / S (tall) or right = A^T U / S (wide)
         # the Gram route's error in a direction grows like eps * (s_max / s)^2: where a kept

@@ -57,7 +57,7 @@ def conv_bn_pairs(encoder: nn.Module) -> list[Pair]:
     return pairs
 
 
-_POST_OPS = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0]), nn.SiLU: ("swish", [])}
+_POST_OPS = {nn.ReLU: ("relu", []), nn.SiLU: ("swish", [])}  # Hardtanh (ReLU6 too): _post_op
 
 
 @lru_cache(maxsize=1)
