@@ -151,3 +151,37 @@ def test_claims_wait_for_the_record_lock_and_keep_every_history_line(tmp_path):
     info = json.loads(record.read_text())
     assert len(info["provenance_history"]) == 3
     assert info["provenance"]["environment"]["threads"]["torch_intra_op"] in (3, 5)
+
+
+def test_a_claim_waiting_on_a_directory_moved_aside_locks_the_new_one(tmp_path):
+    """A claimant waiting for the record lock while the holder moves the directory aside (a claim of
+    another config) must not enter on the old directory's lock file: it locks the new directory's
+    and waits for whoever holds that one."""
+    import threading
+    import time
+
+    from pactmerge.pipeline.rundir import move_aside, record_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    entered = threading.Event()
+
+    def waiter():
+        with record_lock(run):
+            entered.set()
+
+    old = record_lock(run)
+    old.__enter__()
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)  # the waiter blocks on the old file
+    assert not entered.is_set()
+    aside = move_aside(run)
+    new = record_lock(run)
+    new.__enter__()  # a third claimant takes the new directory's record
+    old.__exit__(None, None, None)  # the first holder is done: the waiter wakes on the old file
+    assert not entered.wait(timeout=1.0)  # and must now wait for the new directory's holder
+    new.__exit__(None, None, None)
+    assert entered.wait(timeout=10)
+    thread.join(timeout=10)
+    assert (aside / ".run.json.lock").exists() and (run / ".run.json.lock").exists()

@@ -163,7 +163,8 @@ def claim(ctx: Any, *, force: bool = False, config_text: str | None = None, quie
 @contextmanager
 def record_lock(run_dir: str | Path):
     """Hold the exclusive lock of ``run_dir``'s record (``flock`` on ``.run.json.lock``) for one read
-    and rewrite of ``run.json``; other processes wait. Where the file system has no locks (or no
+    and rewrite of ``run.json``; other processes wait (and, when the holder moved the directory aside,
+    lock the new directory's file instead of the old one's). Where the file system has no locks (or no
     ``fcntl``), the record is rewritten unlocked, as before: each write stays atomic, only a
     concurrent history line can be lost."""
     try:
@@ -171,17 +172,29 @@ def record_lock(run_dir: str | Path):
     except ImportError:  # not POSIX
         yield
         return
-    try:
-        fd = os.open(Path(run_dir) / RECORD_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        log.debug("%s: no record lock (%s)", run_dir, exc)
-        yield
-        return
-    try:
+    path = Path(run_dir) / RECORD_LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            log.debug("%s: no record lock (%s)", run_dir, exc)
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
             log.debug("%s: the file system refuses locks (%s); run.json is rewritten unlocked", run_dir, exc)
+            break
+        # the holder before us may have moved the directory aside (``move_aside``), taking the file
+        # we waited on with it: lock the one now at ``path`` instead
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         yield
     finally:
         os.close(fd)  # releases the lock
