@@ -66,19 +66,21 @@ def test_truncated_svd_takes_the_subset_solver_and_agrees_with_the_full_eigh(mon
     assert torch.allclose((U * S.unsqueeze(-2)) @ V.mT, (U2 * S2.unsqueeze(-2)) @ V2.mT, rtol=0, atol=1e-12)
 
 
-@needs_dsyevr
-def test_openblas_is_held_to_one_thread_inside_and_restored_after():
+def _openblas_threads() -> dict[str, int]:
+    """Each loaded OpenBLAS library's thread count."""
     from threadpoolctl import threadpool_info
 
-    before = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"}
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"}
+
+
+@needs_dsyevr
+def test_openblas_is_held_to_one_thread_inside_and_restored_after():
+    before = _openblas_threads()
     assert before  # SciPy's OpenBLAS is loaded once dsyevr is
     with lapack.single_threaded_blas():
-        inside = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"}
-        assert set(inside.values()) == {1}
-    after = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"}
-    assert after == before
+        assert set(_openblas_threads().values()) == {1}
+    assert _openblas_threads() == before
     # per_matrix's workers run under it (the truncated SVDs call dsyevr from them)
-    seen = linalg.per_matrix(lambda _: {i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"},
-                             range(3))
+    seen = linalg.per_matrix(lambda _: set(_openblas_threads().values()), range(3))
     assert seen == [{1}, {1}, {1}]
-    assert {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"} == before
+    assert _openblas_threads() == before

@@ -9,8 +9,8 @@ float64 LAPACK SVD of that matrix; polar factors whose Gram matrix is too ill-co
 fall back the same way. All functions accept
 leading batch dimensions: same-shape matrices are decomposed in one call.
 
-A truncated SVD keeping at most a quarter of a Gram side of 512 or more computes only the eigenpairs it keeps
-(``lapack.top_eigh``: LAPACK ``dsyevr`` through SciPy, about half the time of the full
+A truncated SVD keeping at most a quarter of a Gram side of 512 or more computes only the
+eigenpairs it keeps (``lapack.top_eigh``: LAPACK ``dsyevr`` through SciPy, about half the time of the full
 ``torch.linalg.eigh``), where SciPy and threadpoolctl are installed; elsewhere, and on CUDA, the
 full ``eigh``. The two agree to float64 rounding.
 

@@ -11,8 +11,9 @@ finds the fits done.
 What the workers do (``plan``): the pending fits, longest first, each given to the worker with
 the fewest steps so far (a joint fit counts ``comparisons.joint_steps`` steps, a sequential one
 ``recipe.max_steps`` per task). Then the pending merges, dealt out in turn to ``pactmerge merge
---only`` workers (``run_merge_jobs``): the AdaMerging variants first, then the plan's order. Each worker's output goes to
-``RUN_DIR/logs/jobs/<command>-<i>.log``; evaluation and the report run in the calling process.
+--only`` workers (``run_merge_jobs``): the AdaMerging variants first, then the plan's order.
+Each worker's output goes to ``RUN_DIR/logs/jobs/<command>-<i>.log``; evaluation and the report
+run in the calling process.
 
 A fit's result depends on the thread count it ran with (CPU kernels are deterministic for one
 thread count, not across counts), so ``--jobs 2`` gives other fine-tunes than ``--jobs 1``,

@@ -167,37 +167,43 @@ def record_lock(run_dir: str | Path):
     lock the new directory's file instead of the old one's). Where the file system has no locks (or no
     ``fcntl``), the record is rewritten unlocked, as before: each write stays atomic, only a
     concurrent history line can be lost."""
+    fd = _locked_record(Path(run_dir))
+    if fd is None:
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _locked_record(run_dir: Path) -> int | None:
+    """A descriptor of ``run_dir/.run.json.lock`` holding its ``flock`` (unlocked where the file
+    system refuses locks); None where there is no lock file (no ``fcntl``, or it cannot be made)."""
     try:
         import fcntl
     except ImportError:  # not POSIX
-        yield
-        return
-    path = Path(run_dir) / RECORD_LOCK
+        return None
+    path = run_dir / RECORD_LOCK
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             log.debug("%s: no record lock (%s)", run_dir, exc)
-            yield
-            return
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
             log.debug("%s: the file system refuses locks (%s); run.json is rewritten unlocked", run_dir, exc)
-            break
+            return fd
         # the holder before us may have moved the directory aside (``move_aside``), taking the file
         # we waited on with it: lock the one now at ``path`` instead
         try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
         except OSError:
-            same = False
-        if same:
-            break
+            pass
         os.close(fd)
-    try:
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _claim(ctx: Any, *, force: bool, config_text: str | None, quiet: bool) -> None:
