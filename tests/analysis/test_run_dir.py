@@ -97,7 +97,7 @@ def test_tasks_outside_the_run_go_through_the_studys_encoder(run_dir):
     assert weights4d and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights4d)
     # the same predictions as that encoder gives when the batches are streamed to it by hand
     dms = run_eval.ctx.datamodules(["mnist"])
-    pred, label = stream_predictions(study._encoder_at(ft), {"mnist": run_eval.head("mnist")}, dms, split="val",
+    pred, label = stream_predictions(study.encoder_at(ft), {"mnist": run_eval.head("mnist")}, dms, split="val",
                                      logit_scale=run_eval.ctx.loaded.logit_scale, device=study.device,
                                      precision=study.precision)["mnist"]
     assert both["mnist"] == accuracy(pred, label) and len(label) == 48

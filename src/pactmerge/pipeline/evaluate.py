@@ -271,8 +271,9 @@ class Evaluator:
             self._encoder = folded
         return self._encoder
 
-    def _encoder_at(self, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
-        """The evaluation encoder holding ``state`` (None: the run's pre-trained encoder)."""
+    def encoder_at(self, state: Mapping[str, torch.Tensor] | None) -> nn.Module:
+        """The evaluation encoder (``encoder().module``) loaded with ``state`` (None: the run's
+        pre-trained encoder). One module serves every call: the next call replaces its weights."""
         enc = self.encoder()
         enc.load(self.ctx.loaded.encoder.state_dict() if state is None else state)
         return enc.module
@@ -280,7 +281,7 @@ class Evaluator:
     @torch.no_grad()
     def _run_pooled(self, state: Mapping[str, torch.Tensor] | None, pooled: PooledSplit, keys: list[str]
                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        module = self._encoder_at(state)
+        module = self.encoder_at(state)
         heads, scale = self.ctx.heads(), self.ctx.loaded.logit_scale
         batch = max(1, int(self.ctx.cfg.data.eval_batch_size))
         # runs of consecutive tasks: one pass over their rows, batches crossing task boundaries
@@ -326,7 +327,7 @@ class Evaluator:
                datamodules: Mapping[str, object], split: str = "test") -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Task -> (pred, label) of ``state`` through this path's encoder and precision, for any set-up data
         modules (tasks outside the run included) and their heads, streamed batch by batch, nothing kept."""
-        return stream_predictions(self._encoder_at(state), heads, datamodules, split=split,
+        return stream_predictions(self.encoder_at(state), heads, datamodules, split=split,
                                   logit_scale=self.ctx.loaded.logit_scale, device=self.device,
                                   precision=self.precision)
 
