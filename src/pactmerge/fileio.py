@@ -93,6 +93,18 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_files(paths: list[PathLike], workers: int) -> dict[str, str]:
+    """``{str(path): sha256_file(path)}``, up to ``workers`` files hashed side by side (hashlib and
+    file reads release the GIL, so each worker keeps a core busy)."""
+    paths = [str(p) for p in paths]
+    if workers <= 1 or len(paths) <= 1:
+        return {p: sha256_file(p) for p in paths}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(workers, len(paths)), thread_name_prefix="pactmerge-sha256") as pool:
+        return dict(zip(paths, pool.map(sha256_file, paths)))
+
+
 def is_safetensors(path: PathLike) -> bool:
     return Path(path).suffix == ".safetensors"
 

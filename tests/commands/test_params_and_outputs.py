@@ -58,3 +58,21 @@ def test_weights_and_sidecar_are_written_together(tmp_path):
     with pytest.raises(TypeError):
         write_weights_with_sidecar(out, {"w": torch.zeros(2)}, {"bad": object()})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_files_hashed_side_by_side_give_each_files_own_digest(tmp_path):
+    """``sha256_files`` maps each path to the digest of its own bytes, with one worker or several
+    (files of different sizes, so a mix-up between workers would show)."""
+    import hashlib
+
+    from pactmerge.fileio import sha256_files
+
+    contents = [bytes([i]) * (i * 700_000 + 3) for i in range(5)]
+    paths = []
+    for i, data in enumerate(contents):
+        paths.append(tmp_path / f"f{i}.bin")
+        paths[-1].write_bytes(data)
+    expected = {str(p): hashlib.sha256(d).hexdigest() for p, d in zip(paths, contents)}
+    assert sha256_files(paths, workers=1) == expected
+    assert sha256_files(paths, workers=3) == expected
+    assert list(sha256_files(paths, workers=3)) == [str(p) for p in paths]

@@ -1,7 +1,7 @@
 """The store's records without torch: manifest checks, entry sidecars, sha256 checks, reindex, corrupt entries.
 
-This module imports neither torch nor anything that does (writes import ``pactmerge.fileio``
-when they happen), so ``pactmerge status`` reads a run directory in a fraction of a second.
+This module imports neither torch nor anything that does (``pactmerge.fileio``, whose hashing it
+uses, is torch-free too), so ``pactmerge status`` reads a run directory in a fraction of a second.
 
 Records of a store (see ``store.py`` for the layout):
 
@@ -23,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
 from pactmerge.errors import CheckpointError
+from pactmerge.fileio import read_safetensors_layout, sha256_file, write_json_atomic
 
 # the state of a merged entry whose weights file was removed once it was evaluated (merge.keep_weights:
 # false); its record stays, and pipeline.merge_stage.rebuild_merged makes the weights again
@@ -58,14 +58,6 @@ def kind_of(name: str) -> str:
 
 def sidecar_path(root: str | Path, name: str) -> Path:
     return Path(root) / f"{name}{SIDECAR_SUFFIX}"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -172,8 +164,6 @@ def reindex(root: str | Path) -> dict[str, Any]:
     Returns ``{"from_sidecar": [...], "partial": [...], "left_out": {name: why}, "identity": bool,
     "old_manifest": path or None}``.
     """
-    from pactmerge.fileio import read_safetensors_layout, write_json_atomic
-
     root = Path(root)
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such run directory")
@@ -237,8 +227,6 @@ def drop_corrupt(root: str | Path) -> list[dict[str, str]]:
     makes exactly those again.
     """
     import os
-
-    from pactmerge.fileio import write_json_atomic
 
     root = Path(root)
     dropped = []

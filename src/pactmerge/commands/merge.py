@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     key_policy = merging.KeyPolicy(conv_as_matrix=args.conv_as_matrix, exclude=tuple(args.exclude))
 
     t0 = time.perf_counter()
-    hashes = {str(p): fileio.sha256_file(p) for p in [pretrained, *finetuned]}
+    hashes = fileio.sha256_files([pretrained, *finetuned], workers=torch.get_num_threads())
     t_hash = time.perf_counter() - t0
     kwargs = dict(params=params, pact=pact, key_policy=key_policy, device=str(device),
                   compute_dtype=getattr(torch, args.compute_dtype),
